@@ -1,0 +1,289 @@
+"""Typed, validated params: one section per stage, loaded from params.yaml with `--set` overrides.
+
+Every section forbids unknown keys, so a typo fails with the key's dotted name instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from numclip.errors import NumclipError
+
+NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                "eighteen", "nineteen", "twenty"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+class SyntheticConfig(Section):
+    """The embedded counting dataset: images of 1..num_ranks objects."""
+
+    num_images: int = Field(3000, ge=1)
+    image_size: int = Field(64, ge=16, le=1024)
+    shapes: list[Literal["circle", "square", "triangle"]] = ["circle", "square", "triangle"]
+    colours: list[Literal["red", "green", "blue", "yellow", "purple", "orange", "white"]] = [
+        "red", "green", "blue", "yellow"]
+    min_size_fraction: float = Field(0.07, gt=0, lt=1)
+    max_size_fraction: float = Field(0.12, gt=0, lt=1)
+    seed: int = 0
+    output_dir: str = "data/synthetic"
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> "SyntheticConfig":
+        if self.min_size_fraction > self.max_size_fraction:
+            raise ValueError("min_size_fraction must be <= max_size_fraction")
+        return self
+
+
+class SplitConfig(Section):
+    """Fractions used when a source has no split (or no val: then val is carved from train)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0 (got {total:g})")
+        return self
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "table", "folder", "listfile"] = "synthetic"
+    num_ranks: int = Field(10, ge=2, description="K: labels are integer ranks 0..K-1")
+    path: Optional[str] = None
+    split_paths: dict[Literal["train", "val", "test"], str] = {}
+    images_root: Optional[str] = None
+    manifest: str = "data/manifest.parquet"
+    rejects: str = "data/rejects.csv"
+    max_reject_fraction: float = Field(0.05, ge=0, le=1)
+    verify_images: bool = True
+    split: SplitConfig = SplitConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# -------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    arch: str = "numclip-tiny"
+    pretrained: Optional[str] = Field(
+        None, description="an open_clip pretrained tag (e.g. 'openai') or a local .safetensors/.pt file")
+    device: str = "auto"
+
+
+class TaskConfig(Section):
+    """What the ranks mean in words: zero-shot prompts and rank-word initialisation use it."""
+
+    rank_words: Optional[list[str]] = None  # default: number words one..K (counting)
+    rank_words_file: Optional[str] = None
+    zeroshot_template: str = "a photo of {} objects."
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskConfig":
+        if self.rank_words is not None and self.rank_words_file is not None:
+            raise ValueError("give rank_words or rank_words_file, not both")
+        if "{}" not in self.zeroshot_template:
+            raise ValueError("zeroshot_template must contain '{}' where the rank word goes")
+        return self
+
+
+class LossWeights(Section):
+    ce: float = Field(1.0, ge=0)
+    kl: float = Field(1.0, ge=0)
+
+
+class MethodConfig(Section):
+    """A prompt learner and its loss: zero-shot (fixed text), CoOp (plain) or OrdinalCLIP (interpolated)."""
+
+    learner: Literal["fixed", "plain", "interpolated"]
+    context_init: Optional[str] = "a photo of"  # None: random N(0, 0.02^2) context of n_ctx tokens
+    n_ctx: int = Field(4, ge=1, le=64)
+    rank_specific_context: bool = False
+    rank_position: Literal["tail", "front", "middle"] = "tail"
+    rank_init: Literal["words", "random"] = "words"
+    rank_words_file: Optional[str] = Field(
+        None, description="one word per line: K lines (plain) or num_base_ranks lines (interpolated)")
+    tokens_per_rank: int = Field(1, ge=1, le=16)
+    num_base_ranks: int = Field(3, ge=1)
+    interpolation: Literal["linear", "inv_prop", "piecewise", "gaussian"] = "linear"
+    gaussian_bandwidth: Optional[float] = Field(None, gt=0)
+    loss: LossWeights = LossWeights()
+
+
+def default_methods() -> dict[str, MethodConfig]:
+    return {
+        "zeroshot": MethodConfig(learner="fixed"),
+        "coop": MethodConfig(learner="plain"),
+        "ordinalclip": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear"),
+    }
+
+
+# -------------------------------------------------------------------------------------------- train
+class LearningRates(Section):
+    """Per parameter group; 0 freezes the group."""
+
+    context: float = Field(1e-3, ge=0)
+    rank: float = Field(1e-3, ge=0)
+    image_encoder: float = Field(1e-4, ge=0)
+    text_encoder: float = Field(0.0, ge=0)
+    logit_scale: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "radam"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    lr: LearningRates = LearningRates()
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[int] = [60]
+    gamma: float = Field(0.1, gt=0, le=1)
+    select_metric: Literal["mae_argmax", "mae_expectation", "accuracy"] = "mae_argmax"
+    hflip: bool = True
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    models_dir: str = "models"
+    runs_dir: str = "runs"
+    metrics_dir: str = "metrics"
+
+
+class EvaluateConfig(Section):
+    split: Literal["val", "test"] = "test"
+    batch_size: int = Field(128, ge=1)
+    metrics_dir: str = "metrics"
+    plots_dir: str = "plots"
+    heads_dir: str = "artifacts/heads"
+
+
+class PredictConfig(Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class Params(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    methods: dict[str, MethodConfig] = Field(default_factory=default_methods)
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    predict: PredictConfig = PredictConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_named(cls, v: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
+        if not v:
+            raise ValueError("at least one method is needed")
+        return v
+
+    def method(self, name: str) -> MethodConfig:
+        if name not in self.methods:
+            raise NumclipError(
+                f"unknown method '{name}': params 'methods' has {', '.join(sorted(self.methods))}")
+        return self.methods[name]
+
+    def rank_words(self) -> list[str]:
+        """K words naming the ranks, from the task section (number words one..K by default)."""
+        k = self.data.num_ranks
+        if self.task.rank_words_file is not None:
+            words = read_word_file(self.task.rank_words_file)
+            where = f"task.rank_words_file ({self.task.rank_words_file})"
+        elif self.task.rank_words is not None:
+            words, where = self.task.rank_words, "task.rank_words"
+        else:
+            if k > len(NUMBER_WORDS):
+                return [str(i + 1) for i in range(k)]
+            return NUMBER_WORDS[:k]
+        if len(words) != k:
+            raise NumclipError(f"{where} has {len(words)} words but data.num_ranks is {k}")
+        return words
+
+
+def read_word_file(path: str | Path) -> list[str]:
+    """One word (or short phrase) per non-empty line."""
+    p = Path(path)
+    if not p.is_file():
+        raise NumclipError(f"rank words file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"rank words file {p} is not UTF-8 text: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------- loading, overrides
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=3' -> (['train', 'epochs'], 3); values are parsed as YAML."""
+    if "=" not in text:
+        raise NumclipError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise NumclipError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise NumclipError(f"override '{text}': value is not valid YAML: {e}") from None
+    return keys, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise NumclipError(f"override '{text}': '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (missing file: all defaults), apply `section.key=value` overrides, validate."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None and Path(path).exists():
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise NumclipError(f"{path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise NumclipError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    elif path is not None and str(path) != "params.yaml":
+        raise NumclipError(f"params file not found: {path}")
+    raw = apply_overrides(raw, overrides or [])
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise NumclipError(_format_validation_error(e, source)) from None
