@@ -1,0 +1,1 @@
+"""Backbone factory, prompt learners, the cosine head, and the assembled ordinal model."""

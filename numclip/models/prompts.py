@@ -1,0 +1,165 @@
+"""Prompt learners (methods.md §3): what sentence each rank's text prototype is encoded from.
+
+A learner returns token *embeddings* [K, L, W] and the position to pool [K]; the text tower
+(`numclip.models.text.TextTower`) turns them into prototypes. Layout of a learned prompt:
+
+    [SOT] ctx_1 .. ctx_n  rank_k,1 .. rank_k,m  "."  [EOT] pad ..      (rank_position = tail)
+    [SOT] rank_k,1 .. rank_k,m  ctx_1 .. ctx_n  "."  [EOT] pad ..      (front)
+    [SOT] ctx_1 .. ctx_n//2  rank_k,..  ctx_n//2+1 .. ctx_n  "."  [EOT]  (middle)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from numclip.config import MethodConfig, read_word_file
+from numclip.errors import NumclipError
+from numclip.models.interpolation import anchors, interpolation_weights
+from numclip.models.text import TextTower
+
+INIT_STD = 0.02
+PLACEHOLDER = "X"
+
+
+class FixedPrompts(nn.Module):
+    """Plain text prompts (zero-shot CLIP): nothing to learn."""
+
+    def __init__(self, token_ids: torch.Tensor):
+        super().__init__()
+        self.register_buffer("token_ids", token_ids, persistent=False)
+
+    def forward(self, tower: TextTower) -> tuple[torch.Tensor, torch.Tensor]:
+        return tower.embed(self.token_ids), tower.pool_index(self.token_ids)
+
+
+class ContextPrompts(nn.Module):
+    """CoOp: learnable context vectors and one independent learnable embedding per rank."""
+
+    def __init__(self, token_ids: torch.Tensor, frame: torch.Tensor, context: torch.Tensor,
+                 rank_embeds: torch.Tensor, rank_position: str):
+        super().__init__()
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.register_buffer("frame", frame)  # token embeddings of the pseudo sentence (SOT, ".", EOT)
+        self.context = nn.Parameter(context)  # [n, W] shared, or [K, n, W] rank-specific
+        self.rank_embeds = nn.Parameter(rank_embeds)
+        self.rank_position = rank_position
+
+    @property
+    def num_ranks(self) -> int:
+        return self.token_ids.shape[0]
+
+    def rank_embeddings(self) -> torch.Tensor:
+        """[K, m, W]"""
+        return self.rank_embeds
+
+    def forward(self, tower: TextTower) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.num_ranks
+        ctx = self.context if self.context.dim() == 3 else self.context.expand(k, -1, -1)
+        rank = self.rank_embeddings()
+        n, m = ctx.shape[1], rank.shape[1]
+        if self.rank_position == "tail":
+            middle = [ctx, rank]
+        elif self.rank_position == "front":
+            middle = [rank, ctx]
+        else:
+            half = n // 2
+            middle = [ctx[:, :half], rank, ctx[:, half:]]
+        frame = self.frame.to(ctx.dtype)
+        embeddings = torch.cat([frame[:, :1], *middle, frame[:, 1 + n + m:]], dim=1)
+        return embeddings, tower.pool_index(self.token_ids)
+
+
+class InterpolatedPrompts(ContextPrompts):
+    """OrdinalCLIP: K rank embeddings as fixed blends W [K, L] of L learnable base embeddings."""
+
+    def __init__(self, token_ids, frame, context, base_rank_embeds, rank_position, weights):
+        super().__init__(token_ids, frame, context, base_rank_embeds, rank_position)
+        self.register_buffer("interpolation", weights.to(base_rank_embeds.dtype))
+
+    def rank_embeddings(self) -> torch.Tensor:
+        return torch.einsum("kl,lmw->kmw", self.interpolation, self.rank_embeds)
+
+
+PromptLearner = FixedPrompts | ContextPrompts
+
+
+def _content_ids(tokenizer: Callable, text: str) -> torch.Tensor:
+    """Token ids of `text` between SOT and EOT."""
+    ids = tokenizer([text])[0]
+    eot = int(ids.argmax())
+    return ids[1:eot]
+
+
+def _word_embeddings(tower: TextTower, tokenizer: Callable, words: list[str], m: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """[len(words), m, W]: the first m token embeddings of each word; random where a word is shorter."""
+    out = torch.randn(len(words), m, tower.width, generator=generator) * INIT_STD
+    with torch.no_grad():
+        for i, word in enumerate(words):
+            ids = _content_ids(tokenizer, word)[:m].to(tower.tower.token_embedding.weight.device)
+            out[i, : ids.numel()] = tower.embed(ids).float().cpu()
+    return out
+
+
+def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Callable,
+                         rank_words: list[str], zeroshot_template: str, seed: int = 0) -> nn.Module:
+    """The learner for `method.learner`, initialised as configured (deterministic under `seed`)."""
+    k = len(rank_words)
+    device = tower.tower.token_embedding.weight.device
+    if method.learner == "fixed":
+        ids = tokenizer([zeroshot_template.format(w) for w in rank_words])
+        return FixedPrompts(ids.to(device))
+
+    generator = torch.Generator().manual_seed(seed)
+    if method.context_init:
+        ctx_ids = _content_ids(tokenizer, method.context_init).to(device)
+        with torch.no_grad():
+            context = tower.embed(ctx_ids).float().cpu().clone()
+    else:
+        context = torch.randn(method.n_ctx, tower.width, generator=generator) * INIT_STD
+    if method.rank_specific_context:
+        context = context.unsqueeze(0).repeat(k, 1, 1)
+    n, m = context.shape[-2], method.tokens_per_rank
+    if n + m + 3 > tower.context_length:
+        raise NumclipError(f"prompt of {n} context + {m} rank tokens does not fit the text context "
+                           f"length {tower.context_length}")
+
+    token_ids = tokenizer([" ".join([PLACEHOLDER] * (n + m)) + "."] * k).to(device)
+    with torch.no_grad():
+        frame = tower.embed(token_ids).float()
+
+    learned = k if method.learner == "plain" else method.num_base_ranks
+    if method.learner == "interpolated" and not 1 <= learned <= k:
+        raise NumclipError(f"num_base_ranks is {learned} but must be in 1..{k} (data.num_ranks)")
+    if method.rank_init == "random":
+        base = torch.randn(learned, m, tower.width, generator=generator) * INIT_STD
+    else:
+        words = _init_words(method, rank_words, learned)
+        base = _word_embeddings(tower, tokenizer, words, m, generator)
+
+    args = (token_ids, frame, context.to(device), base.to(device), method.rank_position)
+    if method.learner == "plain":
+        return ContextPrompts(*args)
+    weights = interpolation_weights(k, learned, method.interpolation, method.gaussian_bandwidth)
+    return InterpolatedPrompts(*args, weights=weights.to(device))
+
+
+def _init_words(method: MethodConfig, rank_words: list[str], learned: int) -> list[str]:
+    """Words for the learned rank embeddings: the method's file (exactly `learned` lines) or the
+    task's rank words (at the anchor positions, for interpolated prompts)."""
+    if method.rank_words_file is not None:
+        words = read_word_file(method.rank_words_file)
+        if len(words) != learned:
+            what = "num_base_ranks" if method.learner == "interpolated" else "data.num_ranks"
+            raise NumclipError(
+                f"rank words file {method.rank_words_file} has {len(words)} lines but {what} is "
+                f"{learned}: give one word per learned rank embedding")
+        return words
+    if learned == len(rank_words):
+        return list(rank_words)
+    positions = anchors(len(rank_words), learned).round().long().tolist()
+    return [rank_words[p] for p in positions]
+
