@@ -1,0 +1,126 @@
+"""The `numclip` command: one sub-command per pipeline step, plus `run` (the whole job) and `predict`.
+
+Every sub-command reads params.yaml (or --params) and accepts `--set section.key=value` overrides.
+User mistakes print one line naming what is wrong and exit 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from numclip.config import Params, load_params
+from numclip.errors import NumclipError
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. --set train.epochs=3 (repeatable)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="numclip", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("ingest", parents=[common], help="build the manifest (and rejects report) from data.*")
+    for name, what in (("train", "train a method"), ("evaluate", "evaluate trained methods")):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("--method", action="append", help="method name from params 'methods' "
+                       "(repeatable; default: all)")
+    sub.add_parser("compare", parents=[common], help="comparison table of evaluated methods")
+    run = sub.add_parser("run", parents=[common], help="ingest, train and evaluate every method, then compare")
+    run.add_argument("--method", action="append", help="restrict to these methods (repeatable)")
+
+    p = sub.add_parser("predict", parents=[common], help="predict ranks for your own images")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or list files")
+    p.add_argument("--model", required=True, help="a trained model file (models/<method>.safetensors)")
+    p.add_argument("--head", help="exported prototypes (artifacts/heads/<method>.safetensors): "
+                   "inference then never runs the text encoder")
+    p.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
+    return parser
+
+
+def _methods(params: Params, chosen: Optional[list[str]]) -> list[str]:
+    names = chosen or list(params.methods)
+    for name in names:
+        params.method(name)
+    return names
+
+
+def cmd_ingest(params: Params) -> None:
+    from numclip.data import ingest
+
+    print(ingest(params.data).summary())
+
+
+def cmd_train(params: Params, methods: list[str]) -> None:
+    from numclip.train import train
+
+    for method in methods:
+        train(params, method)
+
+
+def cmd_evaluate(params: Params, methods: list[str]) -> None:
+    from numclip.evaluate import evaluate
+
+    for method in methods:
+        evaluate(params, method)
+
+
+def cmd_compare(params: Params, methods: list[str]) -> None:
+    from numclip.evaluate import compare
+
+    print(compare(params, methods), end="")
+    print(f"(written to {params.evaluate.metrics_dir}/comparison.md and comparison.json)")
+
+
+def cmd_predict(params: Params, args: argparse.Namespace) -> None:
+    from numclip.models.backbone import resolve_device
+    from numclip.predict import Predictor, collect_images, write_predictions
+
+    predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
+    predictions = predictor.predict(collect_images(args.inputs), params.predict.batch_size)
+    write_predictions(predictions, args.out, predictor.model.num_ranks)
+    failed = [p for p in predictions if p.error]
+    print(f"predicted {len(predictions) - len(failed)} images -> {args.out}")
+    if failed:
+        print(f"{len(failed)} images could not be read (rows with an 'error' column in {args.out}), "
+              f"e.g. {failed[0].error}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params, args.overrides)
+        if args.command == "ingest":
+            cmd_ingest(params)
+        elif args.command == "train":
+            cmd_train(params, _methods(params, args.method))
+        elif args.command == "evaluate":
+            cmd_evaluate(params, _methods(params, args.method))
+        elif args.command == "compare":
+            cmd_compare(params, _methods(params, None))
+        elif args.command == "run":
+            methods = _methods(params, args.method)
+            cmd_ingest(params)
+            cmd_train(params, methods)
+            cmd_evaluate(params, methods)
+            cmd_compare(params, methods)
+        elif args.command == "predict":
+            cmd_predict(params, args)
+    except NumclipError as e:
+        print(f"numclip {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("numclip: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Running a model over a dataset: logits, read-outs and metrics, shared by training and evaluation."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from numclip.losses import readout_argmax, readout_expectation
+from numclip.metrics import ordinal_metrics
+from numclip.models.ordinal import RankPromptModel
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and not what users expect)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def collect_logits(model: RankPromptModel, dataset: Dataset, batch_size: int, device: torch.device,
+                   prototypes: Optional[torch.Tensor] = None,
+                   num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, K] (float32, CPU) and targets [N] of a whole dataset, prototypes computed once."""
+    was_training = model.training
+    model.eval()
+    with autocast(device):
+        if prototypes is None:
+            prototypes = model.prototypes()
+        logits, targets = [], []
+        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers):
+            logits.append(model(images.to(device), prototypes=prototypes).float().cpu())
+            targets.append(torch.as_tensor(labels))
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(targets).long()
+
+
+def metrics_from_logits(logits: torch.Tensor, targets: torch.Tensor, num_ranks: int) -> dict[str, Any]:
+    return ordinal_metrics(targets.numpy(), readout_argmax(logits).numpy(),
+                           readout_expectation(logits).numpy(), num_ranks)
