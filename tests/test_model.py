@@ -1,6 +1,5 @@
 """Cosine head, parameter groups, save -> load round trips and safe weight loading."""
 
-
 import pytest
 import torch
 from safetensors.torch import save_file

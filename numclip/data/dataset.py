@@ -1,0 +1,48 @@
+"""Images and rank labels of one manifest split as a torch Dataset, for training and evaluation."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from numclip.data.manifest import Manifest
+from numclip.errors import NumclipError
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB image, upright per its EXIF orientation; NumclipError naming the path if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+        raise NumclipError(f"cannot read image {path}: {e}") from None
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """HWC uint8 -> CHW float in [0, 1]: the default when no transform is given."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+
+
+class ImageRankDataset(Dataset):
+    """(image tensor, label) pairs for the rows of one split; `.rows` are those ManifestRows."""
+
+    def __init__(self, manifest: Manifest, split: str,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+        self.rows = manifest.split(split)
+        if not self.rows:
+            counts = ", ".join(f"{s} {n}" for s, n in manifest.counts().items())
+            raise NumclipError(f"manifest has no '{split}' rows ({counts})")
+        self.manifest = manifest
+        self.transform = transform or to_tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[index]
+        return self.transform(load_image(self.manifest.abs_path(row))), row.label

@@ -1,0 +1,189 @@
+"""Source readers: each turns one dataset layout into raw `Candidate` rows, validated later in one place.
+
+Readers never judge a row (a bad label or a missing file is validation's job, which reports it);
+they only fail on a file they cannot parse at all, naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from numclip.config import DataConfig
+from numclip.data.manifest import SPLITS, Candidate
+from numclip.data.synthetic import generate_synthetic
+from numclip.errors import NumclipError
+
+__all__ = ["Candidate", "read_table", "read_folder", "read_listfile", "read_source"]
+
+REQUIRED_COLUMNS = ("path", "label")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def _clean(value: object) -> object:
+    """Empty strings and NaN mean 'no value'; strings are stripped."""
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _text(value: object) -> str | None:
+    value = _clean(value)
+    return None if value is None else str(value)
+
+
+def _candidate(get, source_row: str) -> Candidate:
+    """Build a candidate from a column getter (name -> raw value or None)."""
+    return Candidate(path=_text(get("path")) or "", label=_clean(get("label")),
+                     split=_text(get("split")), caption=_text(get("caption")),
+                     group=_text(get("group")), fold=_clean(get("fold")), source_row=source_row)
+
+
+def _check_columns(path: Path, names: list[str]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise NumclipError(f"{path}: missing required column(s) {', '.join(missing)}; "
+                           f"it has columns {', '.join(names) or '(none)'}")
+
+
+def read_table(path: str | os.PathLike) -> list[Candidate]:
+    """CSV (header row required) or Parquet (.parquet/.pq) with columns path,label[,split,caption,group,fold]."""
+    path = Path(path)
+    if not path.is_file():
+        raise NumclipError(f"data table not found: {path}")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path)
+    return _read_csv(path)
+
+
+def _read_csv(path: Path) -> list[Candidate]:
+    out = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise NumclipError(f"{path} is empty: a header row with columns path,label is required")
+            names = [h.strip() for h in header]
+            _check_columns(path, names)
+            index = {name: i for i, name in enumerate(names)}
+            end = reader.line_num
+            for fields in reader:
+                line, end = end + 1, reader.line_num  # a quoted field may span lines: report the first
+                if not any(f.strip() for f in fields):
+                    continue
+                if len(fields) != len(names):
+                    raise NumclipError(f"{path}:{line} has {len(fields)} fields but the header has "
+                                       f"{len(names)} (quote values that contain commas)")
+                out.append(_candidate(lambda k: fields[index[k]] if k in index else None,
+                                      f"{path}:{line}"))
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
+    except csv.Error as e:
+        raise NumclipError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
+    return out
+
+
+def _read_parquet(path: Path) -> list[Candidate]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise NumclipError(f"{path} is not a readable Parquet file: {e}") from None
+    _check_columns(path, table.column_names)
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    return [_candidate(lambda k: columns[k][i] if k in columns else None, f"{path}:row {i + 1}")
+            for i in range(table.num_rows)]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_folder(root: str | os.PathLike) -> list[Candidate]:
+    """`root/<label>/*` or, when every sub-folder is a split name, `root/<split>/<label>/*`.
+
+    Images lying one level too high (no label folder) become candidates without a label, so
+    validation reports them instead of their vanishing.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NumclipError(f"image folder not found: {root}")
+    top = _subdirs(root)
+    split_layout = bool(top) and all(d.name in SPLITS for d in top)
+    out = []
+
+    def add(folder: Path, label: str | None, split: str | None) -> None:
+        for f in _images_in(folder):
+            rel = f.relative_to(root).as_posix()
+            out.append(Candidate(path=rel, label=label, split=split, source_row=rel))
+
+    if split_layout:
+        add(root, None, None)
+    for split_dir, split in ([(d, d.name) for d in top] if split_layout else [(root, None)]):
+        add(split_dir, None, split)
+        for label_dir in _subdirs(split_dir):
+            add(label_dir, label_dir.name, split)
+    return out
+
+
+def read_listfile(path: str | os.PathLike, split: str | None = None) -> list[Candidate]:
+    """OrdinalCLIP lists: `relative/path.jpg <rank> [<more labels>…]` per line; `#` comments allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise NumclipError(f"list file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
+    out = []
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        out.append(Candidate(path=parts[0], label=parts[1] if len(parts) > 1 else None,
+                             split=split, source_row=f"{path}:{number}"))
+    return out
+
+
+def read_source(cfg: DataConfig) -> tuple[list[Candidate], Path]:
+    """Candidates from `cfg.source` and the (absolute) images root their paths are relative to."""
+    if cfg.source == "synthetic":
+        # The images are written to output_dir, so that is their root whatever data.images_root says.
+        return generate_synthetic(cfg.synthetic, cfg.num_ranks), Path(cfg.synthetic.output_dir).resolve()
+    if cfg.split_paths and cfg.source == "folder":
+        raise NumclipError("data.split_paths applies to table and listfile sources; for a folder "
+                           "source use the root/<split>/<label>/ layout with data.path")
+    if cfg.split_paths and cfg.path:
+        raise NumclipError("give data.path or data.split_paths, not both")
+    if not cfg.split_paths and not cfg.path:
+        raise NumclipError(f"data.path is required for data.source '{cfg.source}'")
+    if cfg.source == "folder":
+        candidates, default_root = read_folder(cfg.path), Path(cfg.path)
+    else:
+        files = cfg.split_paths or {None: cfg.path}
+        candidates = []
+        for split, file in files.items():
+            rows = read_table(file) if cfg.source == "table" else read_listfile(file)
+            for c in rows:
+                c.split = split if split is not None else c.split
+            candidates += rows
+        dirs = {Path(f).resolve().parent for f in files.values()}
+        if len(dirs) > 1 and cfg.images_root is None:
+            raise NumclipError("data.split_paths files lie in different folders; set data.images_root "
+                               "to the folder their image paths are relative to")
+        default_root = dirs.pop()
+    root = Path(cfg.images_root) if cfg.images_root is not None else default_root
+    return candidates, root.resolve()
