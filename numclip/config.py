@@ -135,7 +135,7 @@ class LearningRates(Section):
 
     context: float = Field(1e-3, ge=0)
     rank: float = Field(1e-3, ge=0)
-    image_encoder: float = Field(1e-4, ge=0)
+    image_encoder: float = Field(1e-3, ge=0)  # tiny backbone from scratch; ~1e-5 for pretrained CLIP
     text_encoder: float = Field(0.0, ge=0)
     logit_scale: float = Field(0.0, ge=0)
 
@@ -280,6 +280,8 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
         raw = loaded
     elif path is not None and str(path) != "params.yaml":
         raise NumclipError(f"params file not found: {path}")
+    if "methods" not in raw:  # a dict of named entries has no per-key defaults: start from the presets
+        raw["methods"] = {k: v.model_dump() for k, v in default_methods().items()}
     raw = apply_overrides(raw, overrides or [])
     if overrides:
         source += " with overrides " + " ".join(overrides)

@@ -43,6 +43,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
                            f"manifest has {manifest.num_ranks}: retrain it")
     with torch.no_grad():
         prototypes = model.prototypes().float()
+        scale = float(model.logit_scale())
     result: dict[str, Any] = {"method": method, "best_epoch": model.info.get("best_epoch")}
     for split in SPLITS:
         dataset = ImageRankDataset(manifest, split, model.preprocess)
@@ -50,7 +51,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
         result[split] = metrics_from_logits(logits, targets, model.num_ranks)
     result["ordinality"] = prototype_ordinality(prototypes.cpu())
 
-    save_prototypes(head_path(params, method), prototypes, float(model.logit_scale()),
+    save_prototypes(head_path(params, method), prototypes, scale,
                     {k: model.info[k] for k in ("method", "model", "rank_words", "preprocess")})
     shown = result[params.evaluate.split]
     words = model.info["rank_words"]

@@ -69,7 +69,7 @@ class Predictor:
         else:
             with torch.no_grad():
                 self.prototypes = self.model.prototypes().float()
-            self.scale = float(self.model.logit_scale())
+                self.scale = float(self.model.logit_scale())
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

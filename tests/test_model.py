@@ -66,10 +66,10 @@ def test_local_weights_file_roundtrip(tiny_backbone, tmp_path):
     torch.save(state, tmp_path / "w.pt")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        ref = tiny_backbone.model.encode_image(x)
+        ref = tiny_backbone.model.eval().encode_image(x)
         for name in ("w.safetensors", "w.pt"):
             bb = create_backbone(ModelConfig(arch="numclip-tiny", pretrained=str(tmp_path / name)))
-            torch.testing.assert_close(bb.model.encode_image(x), ref)
+            torch.testing.assert_close(bb.model.eval().encode_image(x), ref)
 
 
 class _Exploit:

@@ -1,0 +1,135 @@
+"""End to end on tiny data through the CLI: ingest -> train -> evaluate -> compare -> predict.
+
+One module-scoped run (a few seconds per method on 2 CPU cores); the tests then check its outputs:
+learning happened, TensorBoard holds the logs, save -> load -> predict is exact, and prototype-only
+inference equals full-model inference.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from numclip.cli import main
+from numclip.config import load_params
+from numclip.data import ImageRankDataset, read_manifest
+from numclip.inference import collect_logits
+from numclip.models.ordinal import load_model
+from numclip.predict import predict
+
+K = 5
+TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=500", "data.synthetic.image_size=48",
+        "train.epochs=6", "train.batch_size=32", "evaluate.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    old = Path.cwd()
+    import os
+    os.chdir(root)
+    try:
+        args = [a for o in TINY for a in ("--set", o)]
+        assert main(["run", *args]) == 0
+    finally:
+        os.chdir(old)
+    return root
+
+
+def _tiny_params(root: Path):
+    params = load_params(None, TINY)
+    for section, key in (("data", "manifest"), ("train", "models_dir"), ("train", "runs_dir"),
+                         ("train", "metrics_dir"), ("evaluate", "metrics_dir"), ("evaluate", "plots_dir"),
+                         ("evaluate", "heads_dir")):
+        setattr(getattr(params, section), key, str(root / getattr(getattr(params, section), key)))
+    return params
+
+
+def _metrics(root: Path, method: str) -> dict:
+    return json.loads((root / "metrics" / f"{method}.json").read_text())
+
+
+def test_trained_methods_learn_and_beat_zero_shot(run_dir):
+    zero = _metrics(run_dir, "zeroshot")
+    for method in ("coop", "ordinalclip"):
+        m = _metrics(run_dir, method)
+        for split in ("val", "test"):
+            assert m[split]["mae_argmax"] < zero[split]["mae_argmax"], (method, split)
+        assert m["test"]["accuracy"] > 1.5 / K, f"{method} is not above chance"
+        train_log = json.loads((run_dir / "metrics" / "train" / f"{method}.json").read_text())
+        assert train_log["val"]["mae_argmax"] == min(h["mae_argmax"] for h in train_log["history"])
+        assert m["best_epoch"] == train_log["best_epoch"], "the saved model is the one selected on val"
+
+
+def test_loss_decreases_and_tensorboard_holds_scalars_and_images(run_dir):
+    events = EventAccumulator(str(run_dir / "runs" / "coop"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/ce", "train/kl", "lr/context", "lr/rank", "lr/image_encoder",
+                "val/mae_argmax", "val/accuracy"):
+        assert tag in tags["scalars"], tag
+    assert "prototypes/similarity" in tags["images"]
+    image = events.Images("prototypes/similarity")[-1]
+    assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+    loss = [e.value for e in events.Scalars("train/loss")]
+    n = max(len(loss) // 5, 1)
+    assert sum(loss[-n:]) / n < sum(loss[:n]) / n, "training lowers the loss"
+    lrs = [e.value for e in events.Scalars("lr/context")]
+    assert lrs[0] > lrs[-1], "cosine schedule decays the learning rate"
+    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+
+
+def test_evaluation_outputs(run_dir):
+    m = _metrics(run_dir, "ordinalclip")
+    for key in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one", "spearman", "per_rank_mae", "confusion"):
+        assert key in m["test"]
+    assert sum(map(sum, m["test"]["confusion"])) == m["test"]["n"]
+    assert 0.0 <= m["ordinality"]["overall"] <= 1.0
+    for name in ("confusion", "per_rank_error", "prototype_similarity"):
+        assert (run_dir / "plots" / "ordinalclip" / f"{name}.png").stat().st_size > 5000
+    table = (run_dir / "metrics" / "comparison.md").read_text()
+    assert all(f"| {m} |" in table for m in ("zeroshot", "coop", "ordinalclip"))
+    rows = json.loads((run_dir / "metrics" / "comparison.json").read_text())
+    assert rows[1]["test MAE (argmax)"] == pytest.approx(_metrics(run_dir, "coop")["test"]["mae_argmax"])
+
+
+def test_predict_round_trip_and_prototype_only_inference(run_dir):
+    params = _tiny_params(run_dir)
+    manifest = read_manifest(params.data.manifest)
+    model = load_model(run_dir / "models" / "coop.safetensors")
+    test_rows = manifest.split("test")[:20]
+    paths = [manifest.abs_path(r) for r in test_rows]
+    full = predict(run_dir / "models" / "coop.safetensors", paths)
+    head = predict(run_dir / "models" / "coop.safetensors", paths,
+                   head_file=run_dir / "artifacts" / "heads" / "coop.safetensors")
+    for a, b in zip(full, head):
+        assert a.rank == b.rank
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+    # the same as the evaluation path over the dataset
+    logits, _ = collect_logits(model, ImageRankDataset(manifest, "test", model.preprocess), 64, torch.device("cpu"))
+    assert [p.rank for p in full] == logits.argmax(1)[:20].tolist()
+    assert full[0].probabilities == pytest.approx(torch.softmax(logits[0], 0).tolist(), abs=1e-5)
+
+
+def test_predict_cli_on_folder_with_a_broken_image(run_dir, tmp_path, capsys):
+    manifest = read_manifest(run_dir / "data" / "manifest.parquet")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for row in manifest.split("test")[:3]:
+        (folder / Path(row.path).name).write_bytes(manifest.abs_path(row).read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "pred.csv"
+    code = main(["predict", str(folder), "--model", str(run_dir / "models" / "ordinalclip.safetensors"),
+                 "--head", str(run_dir / "artifacts" / "heads" / "ordinalclip.safetensors"), "--out", str(out)])
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4, "the unreadable image is reported, not dropped"
+    broken = [r for r in rows if r["path"].endswith("broken.png")][0]
+    assert broken["error"] and broken["rank"] == ""
+    good = [r for r in rows if not r["error"]]
+    assert all(0 <= int(r["rank"]) < K for r in good)
+    assert all(abs(sum(float(r[f"p_{k}"]) for k in range(K)) - 1) < 1e-4 for r in good)
+    assert "could not be read" in capsys.readouterr().err
