@@ -21,8 +21,8 @@ from numclip.models.ordinal import load_model
 from numclip.predict import predict
 
 K = 5
-TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=500", "data.synthetic.image_size=48",
-        "train.epochs=6", "train.batch_size=32", "evaluate.batch_size=64"]
+TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=600", "data.synthetic.image_size=48",
+        "train.epochs=8", "train.batch_size=32", "evaluate.batch_size=64"]
 
 
 @pytest.fixture(scope="module")
