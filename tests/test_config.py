@@ -51,3 +51,20 @@ def test_rank_words_must_match_k(tmp_path):
         load_params(None, [f"task.rank_words_file={f}"]).rank_words()
     with pytest.raises(NumclipError, match="unknown method 'nope'"):
         load_params(None).method("nope")
+
+
+def test_atomic_write_leaves_ordinary_permissions_and_no_temporaries(tmp_path):
+    import os
+    import stat
+
+    from numclip.atomic import atomic_path, write_json
+
+    write_json(tmp_path / "a" / "m.json", {"x": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "a" / "m.json").st_mode)
+    assert mode & stat.S_IRGRP, "files are readable by others like any ordinary file"
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a" / "m.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert (tmp_path / "a" / "m.json").read_text().startswith("{"), "a failed write keeps the old file"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.json"]
