@@ -28,6 +28,17 @@ def test_cosine_logits_compile_matches_eager():
     torch.testing.assert_close(cosine_logits(f, t, 14.3, impl="compile"), cosine_logits(f, t, 14.3, impl="torch"))
 
 
+def test_preprocessing_uses_the_model_mean_and_std(tiny_backbone):
+    from torchvision.transforms import Normalize
+
+    norm = [t for t in tiny_backbone.preprocess.transforms if isinstance(t, Normalize)][0]
+    assert tuple(norm.mean) == tuple(tiny_backbone.model.visual.image_mean)
+    custom = create_backbone(ModelConfig(arch="numclip-tiny"),
+                             preprocess_cfg={"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)})
+    norm = [t for t in custom.preprocess.transforms if isinstance(t, Normalize)][0]
+    assert tuple(norm.mean) == (0.5, 0.5, 0.5) and custom.preprocess_cfg["std"] == (0.25, 0.25, 0.25)
+
+
 def test_parameter_groups_freeze_text_encoder(tiny_backbone):
     params = load_params(None)
     model = build_model(params, "coop", tiny_backbone)

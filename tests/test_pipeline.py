@@ -79,7 +79,7 @@ def test_loss_decreases_and_tensorboard_holds_scalars_and_images(run_dir):
     assert sum(loss[-n:]) / n < sum(loss[:n]) / n, "training lowers the loss"
     lrs = [e.value for e in events.Scalars("lr/context")]
     assert lrs[0] > lrs[-1], "cosine schedule decays the learning rate"
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams"), "hyper-parameters are logged"
 
 
 def test_evaluation_outputs(run_dir):

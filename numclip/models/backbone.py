@@ -36,21 +36,8 @@ class Backbone:
     pretrained: Optional[str]
 
     @property
-    def image_mean(self) -> tuple[float, ...]:
-        return tuple(self.model.visual.image_mean)
-
-    @property
-    def image_std(self) -> tuple[float, ...]:
-        return tuple(self.model.visual.image_std)
-
-    @property
     def preprocess_cfg(self) -> dict:
         return dict(self.model.visual.preprocess_cfg)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") \
-            else int(self.model.visual.output_dim)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
