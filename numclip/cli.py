@@ -28,12 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("ingest", parents=[common], help="build the manifest (and rejects report) from data.*")
+    sub.add_parser("pretrain", parents=[common], help="give the backbone a language prior (or save real weights)")
+    sub.add_parser("prototypes", parents=[common], help="cache the text prototypes of each method's initial prompts")
     for name, what in (("train", "train a method"), ("evaluate", "evaluate trained methods")):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("--method", action="append", help="method name from params 'methods' "
                        "(repeatable; default: all)")
     sub.add_parser("compare", parents=[common], help="comparison table of evaluated methods")
-    run = sub.add_parser("run", parents=[common], help="ingest, train and evaluate every method, then compare")
+    run = sub.add_parser("run", parents=[common], help="every stage in order (what `dvc repro` runs), then compare")
     run.add_argument("--method", action="append", help="restrict to these methods (repeatable)")
 
     p = sub.add_parser("predict", parents=[common], help="predict ranks for your own images")
@@ -58,6 +60,18 @@ def cmd_ingest(params: Params) -> None:
     print(ingest(params.data).summary())
 
 
+def cmd_pretrain(params: Params) -> None:
+    from numclip.pretrain import pretrain
+
+    pretrain(params)
+
+
+def cmd_prototypes(params: Params) -> None:
+    from numclip.prototypes import compute_prototypes
+
+    compute_prototypes(params)
+
+
 def cmd_train(params: Params, methods: list[str]) -> None:
     from numclip.train import train
 
@@ -76,7 +90,7 @@ def cmd_compare(params: Params, methods: list[str]) -> None:
     from numclip.evaluate import compare
 
     print(compare(params, methods), end="")
-    print(f"(written to {params.evaluate.metrics_dir}/comparison.md and comparison.json)")
+    print(f"(written to {params.evaluate.comparison} and its .md)")
 
 
 def cmd_predict(params: Params, args: argparse.Namespace) -> None:
@@ -99,15 +113,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         params = load_params(args.params, args.overrides)
         if args.command == "ingest":
             cmd_ingest(params)
+        elif args.command == "pretrain":
+            cmd_pretrain(params)
+        elif args.command == "prototypes":
+            cmd_prototypes(params)
         elif args.command == "train":
             cmd_train(params, _methods(params, args.method))
         elif args.command == "evaluate":
-            cmd_evaluate(params, _methods(params, args.method))
+            methods = _methods(params, args.method)
+            cmd_evaluate(params, methods)
+            if not args.method:  # evaluating every method ends with the comparison table
+                cmd_compare(params, methods)
         elif args.command == "compare":
             cmd_compare(params, _methods(params, None))
         elif args.command == "run":
             methods = _methods(params, args.method)
             cmd_ingest(params)
+            cmd_pretrain(params)
+            cmd_prototypes(params)
             cmd_train(params, methods)
             cmd_evaluate(params, methods)
             cmd_compare(params, methods)

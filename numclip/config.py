@@ -135,7 +135,7 @@ class LearningRates(Section):
 
     context: float = Field(1e-3, ge=0)
     rank: float = Field(1e-3, ge=0)
-    image_encoder: float = Field(1e-3, ge=0)  # tiny backbone from scratch; ~1e-5 for pretrained CLIP
+    image_encoder: float = Field(1e-4, ge=0)  # after the pretrain stage; ~1e-5 for real CLIP weights
     text_encoder: float = Field(0.0, ge=0)
     logit_scale: float = Field(0.0, ge=0)
 
@@ -156,14 +156,37 @@ class TrainConfig(Section):
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
     models_dir: str = "models"
     runs_dir: str = "runs"
-    metrics_dir: str = "metrics"
+    metrics_dir: str = "metrics/train"
+    plots_dir: str = "plots/training"  # per-epoch validation curves, CSV for `dvc plots`
+
+
+class PretrainConfig(Section):
+    """Contrastive CLIP training of the backbone on the captioned train split (random-init backbones);
+    a backbone with real pretrained weights is saved unchanged instead."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    template_caption_prob: float = Field(
+        0.5, ge=0, le=1, description="share of captions replaced by task.zeroshot_template for the rank")
+    seed: int = 0
+    output: str = "models/backbone.safetensors"
+    metrics: str = "metrics/pretrain.json"
+
+
+class PrototypesConfig(Section):
+    output: str = "artifacts/prototypes.safetensors"
+    metrics: str = "metrics/prototypes.json"
 
 
 class EvaluateConfig(Section):
     split: Literal["val", "test"] = "test"
     batch_size: int = Field(128, ge=1)
-    metrics_dir: str = "metrics"
-    plots_dir: str = "plots"
+    metrics_dir: str = "metrics/eval"
+    comparison: str = "metrics/comparison.json"  # the markdown table is written beside it (.md)
+    plots_dir: str = "plots"  # CSV data for `dvc plots`
+    figures_dir: str = "figures"  # PNG for people
     heads_dir: str = "artifacts/heads"
 
 
@@ -176,6 +199,8 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     methods: dict[str, MethodConfig] = Field(default_factory=default_methods)
+    pretrain: PretrainConfig = PretrainConfig()
+    prototypes: PrototypesConfig = PrototypesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     predict: PredictConfig = PredictConfig()

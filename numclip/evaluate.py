@@ -1,25 +1,29 @@
-"""Evaluation: metrics JSON per method, figures for people, the exported prototype head, and the
-comparison table of all methods."""
+"""Evaluation: metrics JSON per method, plot data for `dvc plots`, figures for people, the exported
+prototype head, and the comparison table of all methods."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from numclip.atomic import write_json, write_text
+from numclip.atomic import atomic_path, write_json, write_text
 from numclip.config import Params
 from numclip.data import ImageRankDataset
 from numclip.errors import NumclipError
 from numclip.inference import collect_logits, metrics_from_logits
+from numclip.losses import readout_argmax
 from numclip.metrics import prototype_ordinality, similarity_matrix
 from numclip.models.backbone import resolve_device
 from numclip.models.head import save_prototypes
 from numclip.models.ordinal import load_model
 from numclip.plots import confusion_figure, per_rank_error_figure, save_figure, similarity_figure
-from numclip.train import load_checked_manifest, model_path
+from numclip.prototypes import initial_prototypes
+from numclip.runtime import load_checked_manifest
+from numclip.train import model_path
 
 SPLITS = ("val", "test")
 
@@ -32,8 +36,15 @@ def metrics_path(params: Params, method: str) -> Path:
     return Path(params.evaluate.metrics_dir) / f"{method}.json"
 
 
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def evaluate(params: Params, method: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score the saved model of `method` on val and test; write metrics, figures and its head."""
+    """Score the saved model of `method` on val and test; write metrics, plot data, figures and its head."""
     params.method(method)  # unknown names fail here, before any file is touched
     device = resolve_device(params.model.device)
     manifest = load_checked_manifest(params)
@@ -45,23 +56,32 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
         prototypes = model.prototypes().float()
         scale = float(model.logit_scale())
     result: dict[str, Any] = {"method": method, "best_epoch": model.info.get("best_epoch")}
+    shown_logits = shown_targets = None
     for split in SPLITS:
         dataset = ImageRankDataset(manifest, split, model.preprocess)
         logits, targets = collect_logits(model, dataset, params.evaluate.batch_size, device, prototypes)
         result[split] = metrics_from_logits(logits, targets, model.num_ranks)
+        if split == params.evaluate.split:
+            shown_logits, shown_targets = logits, targets
     result["ordinality"] = prototype_ordinality(prototypes.cpu())
+    initial = initial_prototypes(params, method)
+    result["ordinality_initial"] = None if initial is None else prototype_ordinality(initial)["overall"]
 
     save_prototypes(head_path(params, method), prototypes, scale,
                     {k: model.info[k] for k in ("method", "model", "rank_words", "preprocess")})
     shown = result[params.evaluate.split]
-    words = model.info["rank_words"]
-    plots = Path(params.evaluate.plots_dir) / method
-    save_figure(confusion_figure(shown["confusion"], words), plots / "confusion.png")
+    plots = Path(params.evaluate.plots_dir)
+    write_csv(plots / "per_rank_error" / f"{method}.csv", ["rank", "mae_argmax", "count"],
+              [[k, mae, n] for k, (mae, n) in enumerate(zip(shown["per_rank_mae"], shown["per_rank_count"]))])
+    write_csv(plots / "confusion" / f"{method}.csv", ["actual", "predicted"],
+              list(zip(shown_targets.tolist(), readout_argmax(shown_logits).tolist())))
+    figures = Path(params.evaluate.figures_dir) / method
+    save_figure(confusion_figure(shown["confusion"], model.info["rank_words"]), figures / "confusion.png")
     save_figure(per_rank_error_figure(shown["per_rank_mae"], shown["per_rank_count"]),
-                plots / "per_rank_error.png")
+                figures / "per_rank_error.png")
     save_figure(similarity_figure(similarity_matrix(prototypes.cpu()),
                                   title=f"{method}: cosine similarity of rank prototypes"),
-                plots / "prototype_similarity.png")
+                figures / "prototype_similarity.png")
     write_json(metrics_path(params, method), result)
     log(f"{method}: {params.evaluate.split} MAE {shown['mae_argmax']:.3f} (argmax) "
         f"{shown['mae_expectation']:.3f} (expectation), accuracy {shown['accuracy']:.3f} -> "
@@ -69,7 +89,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     return result
 
 
-COLUMNS = [  # (header, split, key)
+COLUMNS = [  # (header, section, key)
     ("val MAE", "val", "mae_argmax"),
     ("test MAE (argmax)", "test", "mae_argmax"),
     ("test MAE (expectation)", "test", "mae_expectation"),
@@ -81,22 +101,22 @@ COLUMNS = [  # (header, split, key)
 
 
 def compare(params: Params, methods: list[str]) -> str:
-    """Comparison table (markdown + JSON) of the methods' metrics files; returns the markdown."""
-    rows = []
+    """Comparison table of the methods' metrics files: JSON keyed by method, and markdown beside it."""
+    table: dict[str, dict[str, Any]] = {}
     for method in methods:
         path = metrics_path(params, method)
         if not path.is_file():
             raise NumclipError(f"no metrics for method '{method}' ({path}): run `numclip evaluate "
                                f"--method {method}` first")
         result = json.loads(path.read_text())
-        rows.append({"method": method, **{h: result[s].get(k) for h, s, k in COLUMNS}})
+        table[method] = {header: result[section].get(key) for header, section, key in COLUMNS}
     header = ["method"] + [h for h, _, _ in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["method"]] + ["n/a" if row[h] is None else f"{row[h]:.3f}" for h in header[1:]]
+    for method, row in table.items():
+        cells = [method] + ["n/a" if row[h] is None else f"{row[h]:.3f}" for h in header[1:]]
         lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    out = Path(params.evaluate.metrics_dir)
-    write_json(out / "comparison.json", rows)
-    write_text(out / "comparison.md", table)
-    return table
+    markdown = "\n".join(lines) + "\n"
+    out = Path(params.evaluate.comparison)
+    write_json(out, table)
+    write_text(out.with_suffix(".md"), markdown)
+    return markdown

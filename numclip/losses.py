@@ -57,6 +57,28 @@ def text_to_image_kl(
     return kl_rows.sum() / present.sum().to(logits.dtype)
 
 
+def clip_contrastive_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
+                          caption_group: Tensor | None = None) -> Tensor:
+    """CLIP's symmetric InfoNCE over a batch of (image, caption) pairs.
+
+    `caption_group` [B] marks identical captions: pairs in the same group are positives of each other
+    (soft targets spread over the group), so a batch holding the same caption twice does not push an
+    image away from its own caption's duplicate. None: every pair is its own group (plain CLIP).
+    """
+    if image_features.shape != text_features.shape:
+        raise ValueError(f"image and text features differ in shape: {tuple(image_features.shape)} "
+                         f"vs {tuple(text_features.shape)}")
+    logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    if caption_group is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    same = (caption_group[:, None] == caption_group[None, :]).to(logits.dtype)
+    soft = same / same.sum(dim=1, keepdim=True)  # symmetric mask: the same targets serve both directions
+    image_to_text = -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    text_to_image = -(soft * torch.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return 0.5 * (image_to_text + text_to_image)
+
+
 def probabilities(logits: Tensor) -> Tensor:
     """Softmax over the ranks (last dimension)."""
     return torch.softmax(logits, dim=-1)

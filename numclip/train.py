@@ -3,24 +3,23 @@ on CUDA, checkpoint selection on the validation split, a progress bar and Tensor
 
 from __future__ import annotations
 
+import csv
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 from tqdm import tqdm
 
-from numclip.atomic import write_json
+from numclip.atomic import atomic_path, write_json
 from numclip.config import Params
-from numclip.data import ImageRankDataset, read_manifest
+from numclip.data import ImageRankDataset
 from numclip.errors import NumclipError
 from numclip.inference import autocast, collect_logits, metrics_from_logits
 from numclip.losses import cross_entropy, text_to_image_kl
@@ -28,6 +27,7 @@ from numclip.metrics import similarity_matrix
 from numclip.models.backbone import create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.plots import similarity_figure
+from numclip.runtime import backbone_config, load_checked_manifest, seed_everything
 
 LOWER_IS_BETTER = {"mae_argmax": True, "mae_expectation": True, "accuracy": False}
 
@@ -42,22 +42,8 @@ class TrainResult:
     seconds: float
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def model_path(params: Params, method: str) -> Path:
     return Path(params.train.models_dir) / f"{method}.safetensors"
-
-
-def load_checked_manifest(params: Params):
-    manifest = read_manifest(params.data.manifest)
-    if manifest.num_ranks != params.data.num_ranks:
-        raise NumclipError(f"{params.data.manifest} was written for {manifest.num_ranks} ranks but "
-                           f"data.num_ranks is {params.data.num_ranks}: re-run `numclip ingest`")
-    return manifest
 
 
 def make_optimizer(params: Params, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -99,7 +85,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print) -> Tr
     seed_everything(cfg.seed)
     device = resolve_device(params.model.device)
     manifest = load_checked_manifest(params)
-    backbone = create_backbone(params.model, device)
+    backbone = create_backbone(backbone_config(params), device)
     model = build_model(params, method, backbone)
     val_set = ImageRankDataset(manifest, "val", backbone.preprocess)
 
@@ -132,7 +118,8 @@ def train(params: Params, method: str, log: Callable[[str], None] = print) -> Tr
                        for k in ("mae_argmax", "mae_expectation", "accuracy")}, run_name=".")
     writer.close()
     result = TrainResult(method, out_path, best_epoch, best_metrics, history, time.time() - start)
-    write_json(Path(cfg.metrics_dir) / "train" / f"{method}.json", {
+    write_curves(Path(cfg.plots_dir) / f"{method}.csv", history)
+    write_json(Path(cfg.metrics_dir) / f"{method}.json", {
         "method": method, "best_epoch": best_epoch, "select_metric": cfg.select_metric,
         "val": best_metrics, "history": history, "seconds": round(result.seconds, 1)})
     log(f"{method}: best epoch {best_epoch}, val MAE {best_metrics['mae_argmax']:.3f} (argmax) "
@@ -192,6 +179,14 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
         log(f"{method} epoch {epoch}: loss {loss.item():.3f}, val MAE {metrics['mae_argmax']:.3f}, "
             f"accuracy {metrics['accuracy']:.3f}")
     return best_epoch, best_metrics
+
+
+def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    """Validation metrics per epoch as CSV, for `dvc plots` (training curves)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def _hparams(params: Params, method: str) -> dict[str, Any]:

@@ -107,3 +107,21 @@ def test_readouts_on_known_logits():
     expectation = losses.readout_expectation(logits)
     assert expectation.dtype == torch.float32
     assert torch.allclose(expectation, torch.tensor([1.0, 1.25]))
+
+
+def test_clip_contrastive_loss_hand_computed():
+    from numclip.losses import clip_contrastive_loss
+
+    # orthonormal features: logits = s * I with s = ln 3, so each row is softmax([ln3*1, 0]) -> p = 3/4
+    f = torch.eye(2)
+    loss = clip_contrastive_loss(f, f, math.log(3.0))
+    assert loss.item() == pytest.approx(-math.log(3 / 4), abs=1e-6)
+    # two identical captions in one group: targets [1/2, 1/2]; logits rows [ln3, 0] -> log p = [ln3/4, ln1/4]
+    grouped = clip_contrastive_loss(f, f, math.log(3.0), caption_group=torch.tensor([0, 0]))
+    assert grouped.item() == pytest.approx(-(0.5 * math.log(3 / 4) + 0.5 * math.log(1 / 4)), abs=1e-6)
+    # distinct groups equal plain CLIP
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    torch.testing.assert_close(clip_contrastive_loss(a, b, 10.0, torch.arange(4)), clip_contrastive_loss(a, b, 10.0))
+    with pytest.raises(ValueError):
+        clip_contrastive_loss(a, b[:3], 10.0)

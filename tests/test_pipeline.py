@@ -1,4 +1,5 @@
-"""End to end on tiny data through the CLI: ingest -> train -> evaluate -> compare -> predict.
+"""End to end on tiny data through the CLI (`numclip run`: ingest -> pretrain -> prototypes -> train ->
+evaluate -> compare), then predict.
 
 One module-scoped run (a few seconds per method on 2 CPU cores); the tests then check its outputs:
 learning happened, TensorBoard holds the logs, save -> load -> predict is exact, and prototype-only
@@ -7,6 +8,7 @@ inference equals full-model inference.
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from numclip.cli import main
-from numclip.config import load_params
 from numclip.data import ImageRankDataset, read_manifest
 from numclip.inference import collect_logits
 from numclip.models.ordinal import load_model
@@ -22,14 +23,14 @@ from numclip.predict import predict
 
 K = 5
 TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=600", "data.synthetic.image_size=48",
-        "train.epochs=8", "train.batch_size=32", "evaluate.batch_size=64"]
+        "pretrain.epochs=6", "pretrain.batch_size=32", "train.epochs=6", "train.batch_size=32",
+        "evaluate.batch_size=64"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     old = Path.cwd()
-    import os
     os.chdir(root)
     try:
         args = [a for o in TINY for a in ("--set", o)]
@@ -39,17 +40,15 @@ def run_dir(tmp_path_factory):
     return root
 
 
-def _tiny_params(root: Path):
-    params = load_params(None, TINY)
-    for section, key in (("data", "manifest"), ("train", "models_dir"), ("train", "runs_dir"),
-                         ("train", "metrics_dir"), ("evaluate", "metrics_dir"), ("evaluate", "plots_dir"),
-                         ("evaluate", "heads_dir")):
-        setattr(getattr(params, section), key, str(root / getattr(getattr(params, section), key)))
-    return params
-
-
 def _metrics(root: Path, method: str) -> dict:
-    return json.loads((root / "metrics" / f"{method}.json").read_text())
+    return json.loads((root / "metrics" / "eval" / f"{method}.json").read_text())
+
+
+def test_pretraining_gives_a_language_prior(run_dir):
+    pretrain = json.loads((run_dir / "metrics" / "pretrain.json").read_text())
+    assert pretrain["history"][-1]["loss"] < pretrain["history"][0]["loss"]
+    assert pretrain["zero_shot_test"]["accuracy"] > 1.5 / K, "zero-shot is above chance after pretraining"
+    assert _metrics(run_dir, "zeroshot")["test"]["accuracy"] == pytest.approx(pretrain["zero_shot_test"]["accuracy"])
 
 
 def test_trained_methods_learn_and_beat_zero_shot(run_dir):
@@ -58,7 +57,7 @@ def test_trained_methods_learn_and_beat_zero_shot(run_dir):
         m = _metrics(run_dir, method)
         for split in ("val", "test"):
             assert m[split]["mae_argmax"] < zero[split]["mae_argmax"], (method, split)
-        assert m["test"]["accuracy"] > 1.5 / K, f"{method} is not above chance"
+        assert m["test"]["accuracy"] > zero["test"]["accuracy"], method
         train_log = json.loads((run_dir / "metrics" / "train" / f"{method}.json").read_text())
         assert train_log["val"]["mae_argmax"] == min(h["mae_argmax"] for h in train_log["history"])
         assert m["best_epoch"] == train_log["best_epoch"], "the saved model is the one selected on val"
@@ -88,17 +87,23 @@ def test_evaluation_outputs(run_dir):
         assert key in m["test"]
     assert sum(map(sum, m["test"]["confusion"])) == m["test"]["n"]
     assert 0.0 <= m["ordinality"]["overall"] <= 1.0
+    assert m["ordinality_initial"] is not None, "the cached initial prototypes are compared"
     for name in ("confusion", "per_rank_error", "prototype_similarity"):
-        assert (run_dir / "plots" / "ordinalclip" / f"{name}.png").stat().st_size > 5000
+        assert (run_dir / "figures" / "ordinalclip" / f"{name}.png").stat().st_size > 5000
+    per_rank = list(csv.DictReader((run_dir / "plots" / "per_rank_error" / "ordinalclip.csv").open()))
+    assert [int(r["rank"]) for r in per_rank] == list(range(K))
+    confusion = list(csv.DictReader((run_dir / "plots" / "confusion" / "ordinalclip.csv").open()))
+    assert len(confusion) == m["test"]["n"]
+    curves = list(csv.DictReader((run_dir / "plots" / "training" / "coop.csv").open()))
+    assert [int(r["epoch"]) for r in curves] == list(range(1, 7))
     table = (run_dir / "metrics" / "comparison.md").read_text()
     assert all(f"| {m} |" in table for m in ("zeroshot", "coop", "ordinalclip"))
     rows = json.loads((run_dir / "metrics" / "comparison.json").read_text())
-    assert rows[1]["test MAE (argmax)"] == pytest.approx(_metrics(run_dir, "coop")["test"]["mae_argmax"])
+    assert rows["coop"]["test MAE (argmax)"] == pytest.approx(_metrics(run_dir, "coop")["test"]["mae_argmax"])
 
 
 def test_predict_round_trip_and_prototype_only_inference(run_dir):
-    params = _tiny_params(run_dir)
-    manifest = read_manifest(params.data.manifest)
+    manifest = read_manifest(run_dir / "data" / "manifest.parquet")
     model = load_model(run_dir / "models" / "coop.safetensors")
     test_rows = manifest.split("test")[:20]
     paths = [manifest.abs_path(r) for r in test_rows]
@@ -133,3 +138,19 @@ def test_predict_cli_on_folder_with_a_broken_image(run_dir, tmp_path, capsys):
     assert all(0 <= int(r["rank"]) < K for r in good)
     assert all(abs(sum(float(r[f"p_{k}"]) for k in range(K)) - 1) < 1e-4 for r in good)
     assert "could not be read" in capsys.readouterr().err
+
+
+def test_prototype_cache_reencodes_only_changed_prompts(run_dir, monkeypatch):
+    from numclip.config import load_params
+    from numclip.prototypes import compute_prototypes, read_cache
+
+    monkeypatch.chdir(run_dir)
+    before, _ = read_cache("artifacts/prototypes.safetensors")
+    report = compute_prototypes(load_params(None, TINY), log=lambda _: None)
+    assert all(r["reused"] for r in report.values()), "unchanged prompts are never re-encoded"
+    changed = compute_prototypes(load_params(None, TINY + ["methods.coop.context_init=a picture of"]),
+                                 log=lambda _: None)
+    assert [m for m, r in changed.items() if not r["reused"]] == ["coop"]
+    after, _ = read_cache("artifacts/prototypes.safetensors")
+    torch.testing.assert_close(after["ordinalclip"], before["ordinalclip"])
+    assert not torch.equal(after["coop"], before["coop"])

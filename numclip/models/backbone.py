@@ -6,6 +6,7 @@ whole pipeline runs on a 2-core CPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ def create_backbone(cfg: ModelConfig, device: torch.device | str = "cpu",
         root_logger.setLevel(old_level)
     if from_file:
         load_into(model, load_weights_file(cfg.pretrained), source=str(cfg.pretrained))
+        if preprocess_cfg is None:
+            preprocess_cfg = _saved_preprocess(cfg.pretrained)
     if preprocess_cfg is not None:
         from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
         from open_clip.model import set_model_preprocess_cfg
@@ -121,6 +124,29 @@ def create_backbone(cfg: ModelConfig, device: torch.device | str = "cpu",
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     return Backbone(model=model, tokenizer=tokenizer, preprocess=preprocess, arch=cfg.arch,
                     pretrained=cfg.pretrained)
+
+
+def save_backbone(backbone: Backbone, path: str | Path, source: str) -> None:
+    """The open_clip weights as safetensors, with the arch, preprocessing and where they came from."""
+    from safetensors.torch import save_file
+
+    from numclip.atomic import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
+    meta = {"arch": backbone.arch, "source": source, "preprocess": backbone.preprocess_cfg}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"numclip_backbone": json.dumps(meta)})
+
+
+def _saved_preprocess(path: str | Path) -> Optional[dict]:
+    """Preprocessing recorded by `save_backbone`, so a saved backbone keeps its weights' transforms."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = (f.metadata() or {}).get("numclip_backbone")
+    return json.loads(meta)["preprocess"] if meta else None
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
