@@ -27,8 +27,13 @@ def _git(cwd, *args):
                    capture_output=True)
 
 
+def _env(cwd):
+    """Hermetic: analytics off and DVC's site cache inside the temporary copy."""
+    return dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(Path(cwd) / ".dvc" / "tmp" / "site"))
+
+
 def _dvc(cwd, *args, timeout=600):
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env = _env(cwd)
     proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -90,7 +95,7 @@ def test_bad_param_stops_the_first_stage_naming_the_key(repo_copy, tmp_path):
     params = yaml.safe_load((bad / "params.yaml").read_text())
     params["train"]["epochs"] = "two"
     (bad / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env = _env(bad)
     proc = subprocess.run(["dvc", "repro", "--force"], cwd=bad, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0
     assert "train.epochs" in proc.stdout + proc.stderr
