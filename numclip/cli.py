@@ -99,7 +99,7 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> None:
 
     predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
     predictions = predictor.predict(collect_images(args.inputs), params.predict.batch_size)
-    write_predictions(predictions, args.out, predictor.model.num_ranks)
+    write_predictions(predictions, args.out, len(predictor.model.info["prompt_words"]))
     failed = [p for p in predictions if p.error]
     print(f"predicted {len(predictions) - len(failed)} images -> {args.out}")
     if failed:

@@ -82,12 +82,22 @@ class ModelConfig(Section):
     device: str = "auto"
 
 
+class ConceptConfig(Section):
+    """NumCLIP's coarse bins of the fine ranks, each named by a language concept."""
+
+    preset: Optional[Literal["counting", "age", "levels"]] = "counting"
+    edges: Optional[list[int]] = None  # lower edges of the bins (fine labels); overrides the preset
+    names: Optional[list[str]] = None
+    label_shift: int = Field(0, ge=0, description="bins are of y' = label - label_shift (released age: 1)")
+
+
 class TaskConfig(Section):
     """What the ranks mean in words: zero-shot prompts and rank-word initialisation use it."""
 
     rank_words: Optional[list[str]] = None  # default: number words one..K (counting)
     rank_words_file: Optional[str] = None
     zeroshot_template: str = "a photo of {} objects."
+    concepts: ConceptConfig = ConceptConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> "TaskConfig":
@@ -99,8 +109,15 @@ class TaskConfig(Section):
 
 
 class LossWeights(Section):
-    ce: float = Field(1.0, ge=0)
-    kl: float = Field(1.0, ge=0)
+    """Weights of the loss terms; 0 switches a term off."""
+
+    ce: float = Field(1.0, ge=0)  # cross-entropy over the head's classes
+    kl: float = Field(1.0, ge=0)  # OrdinalCLIP's text->image KL
+    ranking_ce: float = Field(0.0, ge=0)  # NumCLIP's ranking-weighted cross-entropy
+    ranking_kl: float = Field(0.0, ge=0)  # NumCLIP's text->image ranking-weighted KL
+    regression: float = Field(0.0, ge=0)  # L1 on the fine regressor (concept head only)
+    pairwise: float = Field(0.0, ge=0)  # L2RCLIP's cross-modal ordinal pairwise loss
+    ranking_mode: Literal["faithful", "fixed"] = "faithful"
 
 
 class MethodConfig(Section):
@@ -114,18 +131,38 @@ class MethodConfig(Section):
     rank_init: Literal["words", "random"] = "words"
     rank_words_file: Optional[str] = Field(
         None, description="one word per line: K lines (plain) or num_base_ranks lines (interpolated)")
-    tokens_per_rank: int = Field(1, ge=1, le=16)
+    tokens_per_rank: Optional[int] = Field(1, ge=1, le=16)  # None: each rank word's own token count
     num_base_ranks: int = Field(3, ge=1)
     interpolation: Literal["linear", "inv_prop", "piecewise", "gaussian"] = "linear"
     gaussian_bandwidth: Optional[float] = Field(None, gt=0)
+    head: Literal["ranks", "concepts"] = "ranks"  # concepts: NumCLIP's coarse-to-fine head
+    adapter_alpha: float = Field(0.8, ge=0, le=1)
+    regressor_anchor: Literal["lower_edge", "centre"] = "lower_edge"
+    regressor_shift: bool = True  # False: plain expectation over the bin anchors
     loss: LossWeights = LossWeights()
+
+    @model_validator(mode="after")
+    def _head_fits(self) -> "MethodConfig":
+        if self.head == "concepts" and self.learner == "interpolated":
+            raise ValueError("head: concepts learns one embedding per concept: use learner plain")
+        if self.loss.regression > 0 and self.head != "concepts":
+            raise ValueError("loss.regression needs head: concepts (the fine regressor)")
+        return self
+
+
+NUMCLIP_LOSS = dict(ce=0.0, kl=0.0, ranking_ce=1.0, ranking_kl=1.0, regression=1.0)  # released: all 1.0
 
 
 def default_methods() -> dict[str, MethodConfig]:
+    numclip = dict(learner="plain", head="concepts", tokens_per_rank=None)
     return {
         "zeroshot": MethodConfig(learner="fixed"),
         "coop": MethodConfig(learner="plain"),
         "ordinalclip": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear"),
+        "ordinalclip_l2r": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear",
+                                        loss=LossWeights(pairwise=1.0)),
+        "numclip_faithful": MethodConfig(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="faithful")),
+        "numclip_fixed": MethodConfig(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="fixed")),
     }
 
 
@@ -138,6 +175,7 @@ class LearningRates(Section):
     image_encoder: float = Field(1e-4, ge=0)  # after the pretrain stage; ~1e-5 for real CLIP weights
     text_encoder: float = Field(0.0, ge=0)
     logit_scale: float = Field(0.0, ge=0)
+    head: float = Field(1e-3, ge=0)  # NumCLIP's image adapter and fine regressor
 
 
 class TrainConfig(Section):
@@ -217,6 +255,14 @@ class Params(Section):
             raise NumclipError(
                 f"unknown method '{name}': params 'methods' has {', '.join(sorted(self.methods))}")
         return self.methods[name]
+
+    def concept_bins(self):
+        """NumCLIP's concept bins for this task (task.concepts)."""
+        from numclip.models.concepts import ConceptBins
+
+        c = self.task.concepts
+        return ConceptBins.create(c.preset, c.edges, c.names, self.data.num_ranks, self.rank_words(),
+                                  c.label_shift)
 
     def rank_words(self) -> list[str]:
         """K words naming the ranks, from the task section (number words one..K by default)."""

@@ -15,7 +15,6 @@ from numclip.config import Params
 from numclip.data import ImageRankDataset
 from numclip.errors import NumclipError
 from numclip.inference import collect_logits, metrics_from_logits
-from numclip.losses import readout_argmax
 from numclip.metrics import prototype_ordinality, similarity_matrix
 from numclip.models.backbone import resolve_device
 from numclip.models.head import save_prototypes
@@ -60,7 +59,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     for split in SPLITS:
         dataset = ImageRankDataset(manifest, split, model.preprocess)
         logits, targets = collect_logits(model, dataset, params.evaluate.batch_size, device, prototypes)
-        result[split] = metrics_from_logits(logits, targets, model.num_ranks)
+        result[split] = metrics_from_logits(model, logits, targets)
         if split == params.evaluate.split:
             shown_logits, shown_targets = logits, targets
     result["ordinality"] = prototype_ordinality(prototypes.cpu())
@@ -68,13 +67,13 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     result["ordinality_initial"] = None if initial is None else prototype_ordinality(initial)["overall"]
 
     save_prototypes(head_path(params, method), prototypes, scale,
-                    {k: model.info[k] for k in ("method", "model", "rank_words", "preprocess")})
+                    {k: model.info[k] for k in ("method", "model", "rank_words", "prompt_words", "preprocess")})
     shown = result[params.evaluate.split]
     plots = Path(params.evaluate.plots_dir)
     write_csv(plots / "per_rank_error" / f"{method}.csv", ["rank", "mae_argmax", "count"],
               [[k, mae, n] for k, (mae, n) in enumerate(zip(shown["per_rank_mae"], shown["per_rank_count"]))])
     write_csv(plots / "confusion" / f"{method}.csv", ["actual", "predicted"],
-              list(zip(shown_targets.tolist(), readout_argmax(shown_logits).tolist())))
+              list(zip(shown_targets.tolist(), model.readout(shown_logits.to(device))[0].tolist())))
     figures = Path(params.evaluate.figures_dir) / method
     save_figure(confusion_figure(shown["confusion"], model.info["rank_words"]), figures / "confusion.png")
     save_figure(per_rank_error_figure(shown["per_rank_mae"], shown["per_rank_count"]),

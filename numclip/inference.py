@@ -8,7 +8,6 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from numclip.losses import readout_argmax, readout_expectation
 from numclip.metrics import ordinal_metrics
 from numclip.models.ordinal import RankPromptModel
 
@@ -39,6 +38,13 @@ def collect_logits(model: RankPromptModel, dataset: Dataset, batch_size: int, de
     return torch.cat(logits), torch.cat(targets).long()
 
 
-def metrics_from_logits(logits: torch.Tensor, targets: torch.Tensor, num_ranks: int) -> dict[str, Any]:
-    return ordinal_metrics(targets.numpy(), readout_argmax(logits).numpy(),
-                           readout_expectation(logits).numpy(), num_ranks)
+@torch.no_grad()
+def metrics_from_logits(model: RankPromptModel, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """Ordinal metrics of the model's read-outs (argmax/expectation, or NumCLIP's regressor), plus the
+    accuracy of the head's own classes (the ranks, or NumCLIP's concepts)."""
+    device = next(model.parameters()).device
+    rank, value = model.readout(logits.to(device))
+    metrics = ordinal_metrics(targets.numpy(), rank.cpu().numpy(), value.float().cpu().numpy(), model.num_ranks)
+    classes = model.class_targets(targets.to(device)).cpu()
+    metrics["class_accuracy"] = float((logits.argmax(dim=1) == classes).float().mean())
+    return metrics

@@ -62,9 +62,10 @@ class Predictor:
         self.model: RankPromptModel = load_model(model_file, self.device)
         if head_file is not None:
             prototypes, self.scale, meta = load_prototypes(head_file)
-            if prototypes.shape[0] != self.model.num_ranks:
+            expected = len(self.model.info["prompt_words"])
+            if prototypes.shape[0] != expected:
                 raise NumclipError(f"{head_file} has {prototypes.shape[0]} prototypes but {model_file} "
-                                   f"predicts {self.model.num_ranks} ranks")
+                                   f"has {expected} prompts")
             self.prototypes = prototypes.to(self.device)
         else:
             with torch.no_grad():
@@ -84,10 +85,10 @@ class Predictor:
         def flush() -> None:
             if not batch:
                 return
-            probs = probabilities(self.logits(torch.stack([t for _, t in batch]))).cpu()
-            ranks = torch.arange(probs.shape[1], dtype=probs.dtype)
-            for (path, _), p in zip(batch, probs):
-                out.append(Prediction(str(path), int(p.argmax()), float((p * ranks).sum()), p.tolist()))
+            logits = self.logits(torch.stack([t for _, t in batch]))
+            rank, value = self.model.readout(logits)
+            for (path, _), r, v, p in zip(batch, rank.tolist(), value.tolist(), probabilities(logits).cpu()):
+                out.append(Prediction(str(path), r, v, p.tolist()))
             batch.clear()
 
         for path in paths:
@@ -109,12 +110,15 @@ def predict(model_file: str | Path, inputs: Sequence[str | Path], head_file: Opt
     return Predictor(model_file, head_file, device).predict(collect_images(inputs), batch_size)
 
 
-def write_predictions(predictions: Sequence[Prediction], path: str | Path, num_ranks: int) -> None:
-    """CSV: path, rank, expectation, p_0..p_{K-1}, error (empty when the image was read)."""
+def write_predictions(predictions: Sequence[Prediction], path: str | Path, num_classes: int) -> None:
+    """CSV: path, rank, expectation, p_0..p_{C-1}, error (empty when the image was read).
+
+    `expectation` is the continuous prediction (NumCLIP: the fine regressor's output); the p_ columns
+    are the head's class probabilities (ranks, or NumCLIP's concepts)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "rank", "expectation", *[f"p_{k}" for k in range(num_ranks)], "error"])
+        writer.writerow(["path", "rank", "expectation", *[f"p_{k}" for k in range(num_classes)], "error"])
         for p in predictions:
-            probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_ranks
+            probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
             expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
             writer.writerow([p.path, "" if p.rank is None else p.rank, expectation, *probs, p.error])

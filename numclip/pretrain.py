@@ -56,7 +56,7 @@ def zero_shot_model(params: Params, backbone: Backbone) -> RankPromptModel:
     words = params.rank_words()
     prompts = build_prompt_learner(MethodConfig(learner="fixed"), TextTower(backbone.model), backbone.tokenizer,
                                    words, params.task.zeroshot_template)
-    return RankPromptModel(backbone, prompts, {"rank_words": words})
+    return RankPromptModel(backbone, prompts, {"rank_words": words, "num_ranks": len(words)})
 
 
 def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
     for split in ("val", "test"):
         logits, targets = collect_logits(model, ImageRankDataset(manifest, split, backbone.preprocess),
                                          params.evaluate.batch_size, device)
-        m = metrics_from_logits(logits, targets, model.num_ranks)
+        m = metrics_from_logits(model, logits, targets)
         result[f"zero_shot_{split}"] = {k: m[k] for k in ("accuracy", "mae_argmax", "mae_expectation", "off_by_one")}
     result["chance_accuracy"] = 1.0 / model.num_ranks
     result["seconds"] = round(time.time() - start, 1)

@@ -22,10 +22,10 @@ from numclip.config import Params
 from numclip.data import ImageRankDataset
 from numclip.errors import NumclipError
 from numclip.inference import autocast, collect_logits, metrics_from_logits
-from numclip.losses import cross_entropy, text_to_image_kl
 from numclip.metrics import similarity_matrix
 from numclip.models.backbone import create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
+from numclip.objective import training_loss
 from numclip.plots import similarity_figure
 from numclip.runtime import backbone_config, load_checked_manifest, seed_everything
 
@@ -97,7 +97,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print) -> Tr
 
     def validate(epoch: int, step: int) -> dict[str, Any]:
         logits, targets = collect_logits(model, val_set, params.evaluate.batch_size, device)
-        metrics = metrics_from_logits(logits, targets, model.num_ranks)
+        metrics = metrics_from_logits(model, logits, targets)
         for key in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one"):
             writer.add_scalar(f"val/{key}", metrics[key], step)
         _log_prototypes(writer, model, step)
@@ -153,10 +153,8 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
                 break
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
             with autocast(device):
-                logits = model(images).float()
-            ce = cross_entropy(logits, labels)
-            kl = text_to_image_kl(logits, labels) if weights.kl > 0 else torch.zeros((), device=device)
-            loss = weights.ce * ce + weights.kl * kl
+                parts = model.forward_parts(images)
+            loss, terms = training_loss(model, *parts, labels, weights)
             if not torch.isfinite(loss):
                 raise NumclipError(f"{method}: loss became {loss.item()} at epoch {epoch} step {step}; "
                                    f"lower the learning rates in train.lr")
@@ -166,8 +164,8 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
             scheduler.step()
             step += 1
             writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/ce", ce.item(), step)
-            writer.add_scalar("train/kl", kl.item(), step)
+            for name, value in terms.items():
+                writer.add_scalar(f"train/{name}", value.item(), step)
             for group in optimizer.param_groups:
                 writer.add_scalar(f"lr/{group['name']}", group["lr"], step)
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -24,7 +24,8 @@ from numclip.predict import predict
 K = 5
 TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=600", "data.synthetic.image_size=48",
         "pretrain.epochs=6", "pretrain.batch_size=32", "train.epochs=6", "train.batch_size=32",
-        "evaluate.batch_size=64"]
+        "evaluate.batch_size=64", "task.concepts.edges=[0, 1, 3]",
+        "task.concepts.names=[a single, a few, several]"]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from numclip.atomic import atomic_path
 from numclip.config import LearningRates, MethodConfig, ModelConfig, Params
 from numclip.errors import NumclipError
 from numclip.models.backbone import Backbone, create_backbone
+from numclip.losses import readout_argmax, readout_expectation
+from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor
 from numclip.models.head import Impl, cosine_logits
 from numclip.models.prompts import ContextPrompts, build_prompt_learner
 from numclip.models.text import TextTower
@@ -28,7 +30,7 @@ FORMAT_VERSION = 1
 
 
 class RankPromptModel(nn.Module):
-    """logits = s * normalize(image_encoder(x)) @ normalize(text_tower(prompts))^T."""
+    """logits = s * normalize(image_encoder(x)) @ normalize(text_tower(prompts))^T, one prompt per rank."""
 
     def __init__(self, backbone: Backbone, prompts: nn.Module, info: dict[str, Any]):
         super().__init__()
@@ -37,17 +39,18 @@ class RankPromptModel(nn.Module):
         self.text = TextTower(backbone.model)
         self.tokenizer = backbone.tokenizer
         self.preprocess = backbone.preprocess
-        self.info = info  # method, backbone and rank words: what a saved model needs to be rebuilt
+        self.info = info  # method, backbone and words: what a saved model needs to be rebuilt
 
     @property
     def num_ranks(self) -> int:
-        return len(self.info["rank_words"])
+        """K, the number of fine ranks predicted."""
+        return int(self.info["num_ranks"])
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
 
     def prototypes(self) -> torch.Tensor:
-        """Text features of the K rank prompts [K, D] (unnormalised)."""
+        """Text features of the prompts [classes, D] (unnormalised)."""
         embeddings, pool_index = self.prompts(self.text)
         return self.text.encode(embeddings, pool_index)
 
@@ -56,10 +59,27 @@ class RankPromptModel(nn.Module):
 
     def forward(self, images: torch.Tensor, prototypes: Optional[torch.Tensor] = None,
                 impl: Impl = "auto") -> torch.Tensor:
+        return self.forward_parts(images, prototypes, impl)[2]
+
+    def forward_parts(self, images: torch.Tensor, prototypes: Optional[torch.Tensor] = None,
+                      impl: Impl = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image features, prototypes, logits): what the losses beyond cross-entropy need."""
         if prototypes is None:
             prototypes = self.prototypes()
         features = self.encode_image(images)
-        return cosine_logits(features, prototypes.to(features.dtype), self.logit_scale(), impl=impl)
+        prototypes = prototypes.to(features.dtype)
+        return features, prototypes, cosine_logits(features, prototypes, self.logit_scale(), impl=impl)
+
+    def class_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The head's class of each fine label (the rank itself here)."""
+        return labels
+
+    def readout(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted rank, continuous prediction): argmax and expectation sum_k k p_k."""
+        return readout_argmax(logits), readout_expectation(logits)
+
+    def head_modules(self) -> list[nn.Module]:
+        return []
 
     def parameter_groups(self, lr: LearningRates) -> list[dict[str, Any]]:
         """Optimizer groups by role; a group with lr 0 is frozen (requires_grad False), not just idle."""
@@ -68,6 +88,7 @@ class RankPromptModel(nn.Module):
             "text_encoder": self.text.parameters(),
             "logit_scale": [self.clip.logit_scale],
             "context": [], "rank": [],
+            "head": [p for m in self.head_modules() for p in m.parameters()],
         }
         if isinstance(self.prompts, ContextPrompts):
             groups["context"] = [self.prompts.context]
@@ -84,12 +105,50 @@ class RankPromptModel(nn.Module):
         return out
 
 
+class ConceptModel(RankPromptModel):
+    """NumCLIP: image -> language concept (C coarse bins) -> number (SSR regressor), methods.md §4."""
+
+    def __init__(self, backbone: Backbone, prompts: nn.Module, info: dict[str, Any], bins: ConceptBins):
+        super().__init__(backbone, prompts, info)
+        method = info["method_config"]
+        self.bins = bins
+        self.adapter = ImageAdapter(int(self.clip.visual.output_dim), method["adapter_alpha"])
+        anchors = bins.lower_edges() if method["regressor_anchor"] == "lower_edge" else bins.centres()
+        self.regressor = SSRRegressor(anchors, use_shift=method["regressor_shift"])
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.clip.encode_image(images))
+
+    def class_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.bins.coarse(labels)
+
+    def regress(self, logits: torch.Tensor) -> torch.Tensor:
+        """The fine regressor's output y' (in units of label - label_shift)."""
+        return self.regressor(logits.float())
+
+    def readout(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = self.regress(logits) + self.bins.label_shift
+        return value.round().clamp(0, self.num_ranks - 1).long(), value
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.adapter, self.regressor]
+
+
+def _assemble(backbone: Backbone, method: MethodConfig, info: dict[str, Any],
+              bins: Optional[ConceptBins], seed: int) -> RankPromptModel:
+    prompts = build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer, info["prompt_words"],
+                                   info["zeroshot_template"], seed=seed)
+    device = next(backbone.model.parameters()).device
+    if method.head == "concepts":
+        return ConceptModel(backbone, prompts, info, bins).to(device)
+    return RankPromptModel(backbone, prompts.to(device), info)
+
+
 def build_model(params: Params, method_name: str, backbone: Backbone) -> RankPromptModel:
     """A fresh model for `method_name` on `backbone`, initialised from params."""
     method = params.method(method_name)
     words = params.rank_words()
-    prompts = build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer, words,
-                                   params.task.zeroshot_template, seed=params.train.seed)
+    bins = params.concept_bins() if method.head == "concepts" else None
     info = {
         "format": FORMAT_VERSION,
         "numclip_version": __version__,
@@ -97,10 +156,15 @@ def build_model(params: Params, method_name: str, backbone: Backbone) -> RankPro
         "method_config": method.model_dump(),
         "model": {"arch": backbone.arch, "pretrained": backbone.pretrained},
         "preprocess": backbone.preprocess_cfg,
+        "num_ranks": len(words),
         "rank_words": words,
+        "prompt_words": list(bins.names) if bins else words,
+        "concepts": None if bins is None else {"edges": list(bins.edges), "names": list(bins.names),
+                                               "label_shift": bins.label_shift},
         "zeroshot_template": params.task.zeroshot_template,
     }
-    return RankPromptModel(backbone, prompts.to(next(backbone.model.parameters()).device), info)
+    torch.manual_seed(params.train.seed)  # the head's initialisation
+    return _assemble(backbone, method, info, bins, params.train.seed)
 
 
 def save_model(model: RankPromptModel, path: str | Path, extra: Optional[dict[str, Any]] = None) -> None:
@@ -133,9 +197,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> RankProm
     backbone.pretrained = info["model"].get("pretrained")
     # initial values are overwritten by the saved state: do not depend on word files being present
     method = MethodConfig.model_validate(dict(info["method_config"], rank_words_file=None))
-    prompts = build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer,
-                                   info["rank_words"], info["zeroshot_template"])
-    model = RankPromptModel(backbone, prompts.to(device), info)
+    concepts = info.get("concepts")
+    bins = None if concepts is None else ConceptBins(tuple(concepts["edges"]), tuple(concepts["names"]),
+                                                     info["num_ranks"], concepts["label_shift"])
+    model = _assemble(backbone, method, info, bins, seed=0)
     state = load_file(str(path), device=str(device))
     try:
         model.load_state_dict(state, strict=True)

@@ -39,9 +39,10 @@ class ContextPrompts(nn.Module):
     """CoOp: learnable context vectors and one independent learnable embedding per rank."""
 
     def __init__(self, token_ids: torch.Tensor, frame: torch.Tensor, context: torch.Tensor,
-                 rank_embeds: torch.Tensor, rank_position: str):
+                 rank_embeds: torch.Tensor, rank_position: str, rank_lengths: torch.Tensor):
         super().__init__()
         self.register_buffer("token_ids", token_ids, persistent=False)
+        self.register_buffer("rank_lengths", rank_lengths, persistent=False)  # tokens used per rank
         self.register_buffer("frame", frame)  # token embeddings of the pseudo sentence (SOT, ".", EOT)
         self.context = nn.Parameter(context)  # [n, W] shared, or [K, n, W] rank-specific
         self.rank_embeds = nn.Parameter(rank_embeds)
@@ -60,23 +61,26 @@ class ContextPrompts(nn.Module):
         ctx = self.context if self.context.dim() == 3 else self.context.expand(k, -1, -1)
         rank = self.rank_embeddings()
         n, m = ctx.shape[1], rank.shape[1]
+        frame = self.frame.to(ctx.dtype)
         if self.rank_position == "tail":
-            middle = [ctx, rank]
+            content = torch.cat([ctx, rank], dim=1)
+            # ranks of fewer than m tokens: their row of the frame already holds ".", EOT there
+            used = torch.arange(n + m, device=ctx.device)[None, :] < (n + self.rank_lengths)[:, None]
+            content = torch.where(used[..., None], content, frame[:, 1:1 + n + m])
         elif self.rank_position == "front":
-            middle = [rank, ctx]
+            content = torch.cat([rank, ctx], dim=1)
         else:
             half = n // 2
-            middle = [ctx[:, :half], rank, ctx[:, half:]]
-        frame = self.frame.to(ctx.dtype)
-        embeddings = torch.cat([frame[:, :1], *middle, frame[:, 1 + n + m:]], dim=1)
+            content = torch.cat([ctx[:, :half], rank, ctx[:, half:]], dim=1)
+        embeddings = torch.cat([frame[:, :1], content, frame[:, 1 + n + m:]], dim=1)
         return embeddings, tower.pool_index(self.token_ids)
 
 
 class InterpolatedPrompts(ContextPrompts):
     """OrdinalCLIP: K rank embeddings as fixed blends W [K, L] of L learnable base embeddings."""
 
-    def __init__(self, token_ids, frame, context, base_rank_embeds, rank_position, weights):
-        super().__init__(token_ids, frame, context, base_rank_embeds, rank_position)
+    def __init__(self, token_ids, frame, context, base_rank_embeds, rank_position, rank_lengths, weights):
+        super().__init__(token_ids, frame, context, base_rank_embeds, rank_position, rank_lengths)
         self.register_buffer("interpolation", weights.to(base_rank_embeds.dtype))
 
     def rank_embeddings(self) -> torch.Tensor:
@@ -122,29 +126,41 @@ def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Call
         context = torch.randn(method.n_ctx, tower.width, generator=generator) * INIT_STD
     if method.rank_specific_context:
         context = context.unsqueeze(0).repeat(k, 1, 1)
-    n, m = context.shape[-2], method.tokens_per_rank
+    learned = k if method.learner == "plain" else method.num_base_ranks
+    if method.learner == "interpolated" and not 1 <= learned <= k:
+        raise NumclipError(f"num_base_ranks is {learned} but must be in 1..{k} (data.num_ranks)")
+    lengths = _rank_lengths(method, tokenizer, rank_words)
+    n, m = context.shape[-2], max(lengths)
     if n + m + 3 > tower.context_length:
         raise NumclipError(f"prompt of {n} context + {m} rank tokens does not fit the text context "
                            f"length {tower.context_length}")
 
-    token_ids = tokenizer([" ".join([PLACEHOLDER] * (n + m)) + "."] * k).to(device)
+    token_ids = tokenizer([" ".join([PLACEHOLDER] * (n + length)) + "." for length in lengths]).to(device)
     with torch.no_grad():
         frame = tower.embed(token_ids).float()
-
-    learned = k if method.learner == "plain" else method.num_base_ranks
-    if method.learner == "interpolated" and not 1 <= learned <= k:
-        raise NumclipError(f"num_base_ranks is {learned} but must be in 1..{k} (data.num_ranks)")
     if method.rank_init == "random":
         base = torch.randn(learned, m, tower.width, generator=generator) * INIT_STD
     else:
         words = _init_words(method, rank_words, learned)
         base = _word_embeddings(tower, tokenizer, words, m, generator)
 
-    args = (token_ids, frame, context.to(device), base.to(device), method.rank_position)
+    args = (token_ids, frame, context.to(device), base.to(device), method.rank_position,
+            torch.tensor(lengths, device=device))
     if method.learner == "plain":
         return ContextPrompts(*args)
     weights = interpolation_weights(k, learned, method.interpolation, method.gaussian_bandwidth)
     return InterpolatedPrompts(*args, weights=weights.to(device))
+
+
+def _rank_lengths(method: MethodConfig, tokenizer: Callable, rank_words: list[str]) -> list[int]:
+    """Tokens per rank: `tokens_per_rank` for all, or (None) each rank word's own token count, which
+    only a plain learner with word-initialised ranks at the tail can use."""
+    if method.tokens_per_rank is not None:
+        return [method.tokens_per_rank] * len(rank_words)
+    if method.learner != "plain" or method.rank_init != "words" or method.rank_position != "tail":
+        raise NumclipError("tokens_per_rank: null (each word's own length) needs learner: plain, "
+                           "rank_init: words and rank_position: tail")
+    return [max(len(_content_ids(tokenizer, w)), 1) for w in rank_words]
 
 
 def _init_words(method: MethodConfig, rank_words: list[str], learned: int) -> list[str]:
