@@ -41,10 +41,13 @@ def collect_logits(model: RankPromptModel, dataset: Dataset, batch_size: int, de
 @torch.no_grad()
 def metrics_from_logits(model: RankPromptModel, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """Ordinal metrics of the model's read-outs (argmax/expectation, or NumCLIP's regressor), plus the
-    accuracy of the head's own classes (the ranks, or NumCLIP's concepts)."""
+    accuracy of the head's own classes (the ranks, or NumCLIP's concepts) and the MAE of any extra
+    read-outs (NumCLIP's coarse stage alone)."""
     device = next(model.parameters()).device
     rank, value = model.readout(logits.to(device))
     metrics = ordinal_metrics(targets.numpy(), rank.cpu().numpy(), value.float().cpu().numpy(), model.num_ranks)
     classes = model.class_targets(targets.to(device)).cpu()
     metrics["class_accuracy"] = float((logits.argmax(dim=1) == classes).float().mean())
+    for name, values in model.extra_readouts(logits.to(device)).items():
+        metrics[f"mae_{name}"] = float((values.cpu() - targets.float()).abs().mean())
     return metrics

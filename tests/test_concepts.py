@@ -95,6 +95,8 @@ def test_concept_model_prompts_losses_and_round_trip(tiny_backbone, tmp_path):
     assert model.adapter.net[0].weight.grad is not None and model.regressor.shift.weight.grad is not None
     rank, value = model.readout(parts[2].detach())
     assert rank.min() >= 0 and rank.max() <= 9 and value.shape == (6,)
+    extra = model.extra_readouts(torch.tensor([[0.0, 0.0, 9.0, 0.0, 0.0]]))
+    assert extra["concept_argmax"].tolist() == [2.5], "the centre of bin {3, 4} (labels 2, 3)"
     model.eval()
     with torch.no_grad():
         before = model(images)

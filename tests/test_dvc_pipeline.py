@@ -18,8 +18,11 @@ TINY = {
     ("pretrain", "epochs"): 2,
     ("train", "epochs"): 2,
     ("train", "batch_size"): 32,
+    ("task", "concepts", "edges"): [0, 1, 2],  # 4 ranks: {1} {2} {3, 4}
+    ("task", "concepts", "names"): ["a single", "a couple of", "a few"],
 }
-STAGES = ["ingest", "pretrain", "prototypes", "train@zeroshot", "train@coop", "train@ordinalclip", "evaluate"]
+METHODS = ["zeroshot", "coop", "ordinalclip", "ordinalclip_l2r", "numclip_faithful", "numclip_fixed"]
+STAGES = ["ingest", "pretrain", "prototypes", *[f"train@{m}" for m in METHODS], "evaluate"]
 
 
 def _git(cwd, *args):
@@ -69,7 +72,7 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert "| ordinalclip |" in out, "the run ends with the comparison table"
 
     comparison = json.loads((repo_copy / "metrics" / "comparison.json").read_text())
-    assert set(comparison) == {"zeroshot", "coop", "ordinalclip"}
+    assert set(comparison) == set(METHODS)
     for path in ("data/manifest.parquet", "models/backbone.safetensors", "models/coop.safetensors",
                  "artifacts/prototypes.safetensors", "artifacts/heads/ordinalclip.safetensors",
                  "figures/coop/confusion.png", "plots/confusion/coop.csv", "plots/training/coop.csv",

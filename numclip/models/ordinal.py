@@ -78,6 +78,10 @@ class RankPromptModel(nn.Module):
         """(predicted rank, continuous prediction): argmax and expectation sum_k k p_k."""
         return readout_argmax(logits), readout_expectation(logits)
 
+    def extra_readouts(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Other continuous read-outs worth reporting beside `readout` (none for a rank head)."""
+        return {}
+
     def head_modules(self) -> list[nn.Module]:
         return []
 
@@ -129,6 +133,12 @@ class ConceptModel(RankPromptModel):
     def readout(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         value = self.regress(logits) + self.bins.label_shift
         return value.round().clamp(0, self.num_ranks - 1).long(), value
+
+    def extra_readouts(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The coarse stage alone: the argmax concept's bin centre, and the expectation over centres."""
+        centres = self.bins.centres().to(logits.device) + self.bins.label_shift
+        p = torch.softmax(logits.float(), dim=-1)
+        return {"concept_argmax": centres[logits.argmax(dim=-1)], "concept_expectation": p @ centres}
 
     def head_modules(self) -> list[nn.Module]:
         return [self.adapter, self.regressor]
