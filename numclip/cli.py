@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="every stage in order (what `dvc repro` runs), then compare")
     run.add_argument("--method", action="append", help="restrict to these methods (repeatable)")
 
+    p = sub.add_parser("bench", parents=[common], help="micro-benchmarks of the fused kernels vs PyTorch")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the CSV and PNG")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="B in {256, 4096} only (the default on CPU; the full grid adds B = 65536)")
+    p.add_argument("--full", dest="quick", action="store_false", help="the full grid, also on CPU")
+
     p = sub.add_parser("predict", parents=[common], help="predict ranks for your own images")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or list files")
     p.add_argument("--model", required=True, help="a trained model file (models/<method>.safetensors)")
@@ -136,6 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd_compare(params, methods)
         elif args.command == "predict":
             cmd_predict(params, args)
+        elif args.command == "bench":
+            from numclip.bench import run as run_bench
+
+            run_bench(args.out, args.quick)
     except NumclipError as e:
         print(f"numclip {args.command}: error: {e}", file=sys.stderr)
         return 2

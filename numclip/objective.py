@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from numclip.config import LossWeights
 from numclip.losses import cross_entropy, text_to_image_kl
 from numclip.models.ordinal import ConceptModel, RankPromptModel
-from numclip.ranking_losses import (ordinal_pairwise_loss, ranking_weighted_cross_entropy, ranking_weighted_kl,
-                                    regression_l1)
+from numclip.kernels import ranking_weighted_cross_entropy  # fused on CUDA
+from numclip.ranking_losses import ordinal_pairwise_loss, ranking_weighted_kl, regression_l1
 
 
 def training_loss(model: RankPromptModel, features: torch.Tensor, prototypes: torch.Tensor,
@@ -24,7 +24,7 @@ def training_loss(model: RankPromptModel, features: torch.Tensor, prototypes: to
     if weights.kl:
         terms["kl"] = text_to_image_kl(logits, targets)
     if weights.ranking_ce:
-        terms["ranking_ce"] = ranking_weighted_cross_entropy(logits, targets, weights.ranking_mode)
+        terms["ranking_ce"] = ranking_weighted_cross_entropy(logits, targets, mode=weights.ranking_mode)
     if weights.ranking_kl:
         terms["ranking_kl"] = ranking_weighted_kl(logits, targets, weights.ranking_mode)
     if weights.regression:

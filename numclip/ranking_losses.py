@@ -49,8 +49,8 @@ def ranking_weights(target: Tensor, num_classes: int, dtype: torch.dtype = torch
 
 
 def ranking_weighted_cross_entropy(logits: Tensor, target: Tensor, mode: Mode = "faithful",
-                                   margin: float = 1.0) -> Tensor:
-    """NumCLIP's image->text ranking-weighted cross-entropy, averaged over the batch.
+                                   margin: float = 1.0, reduction: str = "mean") -> Tensor:
+    """NumCLIP's image->text ranking-weighted cross-entropy (`reduction` as in F.cross_entropy).
 
     faithful: CE(L ⊙ W, c), exactly the released `compute_ce_dis_loss` (whose weights pass through
       float32, as here). Quirk: a negative logit times a larger weight gets *more* negative, so with
@@ -66,7 +66,7 @@ def ranking_weighted_cross_entropy(logits: Tensor, target: Tensor, mode: Mode = 
         weighted = logits * weights
     else:
         weighted = logits + margin * (weights - 1)
-    return F.cross_entropy(weighted, target)
+    return F.cross_entropy(weighted, target, reduction=reduction)
 
 
 def ranking_weights_text(target: Tensor, num_classes: int, mode: Mode = "faithful",

@@ -1,10 +1,19 @@
-"""Shared fixtures: the tiny backbone is built once per session (random init, no download)."""
+"""Shared fixtures: the tiny backbone is built once per session (random init, no download).
 
-import pytest
-import torch
+Triton kernels run under the interpreter on CPU (TRITON_INTERPRET must be set before triton is
+imported); NUMCLIP_TEST_DEVICE=cuda runs the kernel tests natively on a GPU instead.
+"""
 
-from numclip.config import ModelConfig
-from numclip.models.backbone import create_backbone
+import os
+
+if os.environ.get("NUMCLIP_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from numclip.config import ModelConfig  # noqa: E402
+from numclip.models.backbone import create_backbone  # noqa: E402
 
 
 @pytest.fixture(scope="session")

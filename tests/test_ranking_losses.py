@@ -1,15 +1,15 @@
 """NumCLIP's ranking-weighted losses and L2RCLIP's pairwise loss (methods.md §4.3, §5).
 
-The faithful image->text CE is checked against a verbatim copy of the released `compute_ce_dis_loss`
-(seeds/000_*.txt); everything else against hand-worked numbers written out below.
+The faithful image->text CE is checked against the released `compute_ce_dis_loss` (seeds/000_*.txt,
+kept verbatim in numclip.kernels.released); everything else against hand-worked numbers written out below.
 """
 
 import math
-import types
 
 import pytest
 import torch
 
+from numclip.kernels.released import released_ce_dis_loss  # the released code, verbatim but for its device
 from numclip.losses import text_to_image_kl
 from numclip.ranking_losses import (
     ordinal_pairwise_loss,
@@ -25,32 +25,6 @@ TOL = dict(atol=1e-6, rtol=1e-6)
 
 # --- 1. faithful CE == the released code -------------------------------------------------------------
 
-def compute_ce_dis_loss(self, logits, y, d):
-    """Released NumCLIP code, copied verbatim except 'cuda:0' -> logits.device."""
-
-    list_target = list(range(d))
-    target = torch.Tensor(list_target).to(logits.device)
-    target = torch.unsqueeze(target,1)
-    ls_weight = []
-    for i in range(len(y)):
-        label_inv_ranks = (torch.abs(y[i] - target).transpose(0,1))
-        label_inv_ranks_norm = (torch.abs(y[i] - target).transpose(0,1)) / torch.sum(label_inv_ranks,dim=1) * (d-1)
-        label_inv_ranks_norm = torch.squeeze(label_inv_ranks_norm,0)
-        label_inv_ranks_norm[y[i]] = 1.0
-        ls_label_inv_ranks_norm = label_inv_ranks_norm.detach().cpu().numpy().tolist()
-        ls_weight.append(ls_label_inv_ranks_norm)
-
-    weight = torch.Tensor(ls_weight).to(logits.device)
-
-    logits_weight = logits * weight
-    loss = self.ce_loss_func(logits_weight, y)
-
-    return loss
-
-
-SEED_SELF = types.SimpleNamespace(ce_loss_func=torch.nn.CrossEntropyLoss())
-
-
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("d", [2, 3, 5, 10, 101])
 def test_faithful_ce_matches_released_code_value_and_gradient(d, batch):
@@ -64,7 +38,7 @@ def test_faithful_ce_matches_released_code_value_and_gradient(d, batch):
     ours_in = logits.clone().requires_grad_()
     seed_in = logits.clone().requires_grad_()
     ours = ranking_weighted_cross_entropy(ours_in, target, mode="faithful")
-    seed = compute_ce_dis_loss(SEED_SELF, seed_in, target, d)
+    seed = released_ce_dis_loss(seed_in, target, d)
     assert ours.dtype == torch.float64
     torch.testing.assert_close(ours, seed, **TOL)
 

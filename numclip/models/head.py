@@ -1,15 +1,14 @@
 """The shared head: cosine logits against language prototypes, and prototype files.
 
-`cosine_logits` is the one seam a fused kernel replaces (`impl=`). Prototypes depend only on the
+`cosine_logits` (from `numclip.kernels`) is the one seam the fused kernel sits behind (`impl=`). Prototypes depend only on the
 prompts, so after training they are saved once and inference needs no text encoder.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,35 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from numclip.atomic import atomic_path
 from numclip.errors import NumclipError
-
-Impl = Literal["auto", "torch", "compile"]
-EPS = 1e-12
-
-
-def cosine_logits_torch(features: torch.Tensor, prototypes: torch.Tensor,
-                        logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """s * normalize(features) @ normalize(prototypes).T, in the inputs' dtype."""
-    return logit_scale * F.normalize(features, dim=-1, eps=EPS) @ F.normalize(prototypes, dim=-1, eps=EPS).T
-
-
-@lru_cache(maxsize=1)
-def _compiled():
-    return torch.compile(cosine_logits_torch, dynamic=True)
-
-
-def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor | float,
-                  *, impl: Impl = "auto") -> torch.Tensor:
-    """Logits [B, K] of image features [B, D] against prototypes [K, D], scaled by s = exp(logit_scale).
-
-    impl: "torch" (eager), "compile" (torch.compile of the eager function), "auto" (eager for now).
-    """
-    if features.shape[-1] != prototypes.shape[-1]:
-        raise ValueError(f"feature width {features.shape[-1]} != prototype width {prototypes.shape[-1]}")
-    if impl in ("auto", "torch"):
-        return cosine_logits_torch(features, prototypes, logit_scale)
-    if impl == "compile":
-        return _compiled()(features, prototypes, logit_scale)
-    raise ValueError(f"impl must be 'auto', 'torch' or 'compile', got '{impl}'")
+from numclip.kernels import Impl, cosine_logits  # noqa: F401  the seam: Triton on CUDA, PyTorch otherwise
 
 
 def save_prototypes(path: str | Path, prototypes: torch.Tensor, logit_scale: float,
