@@ -20,11 +20,14 @@ HEAD_SHAPES = [(32, 10, 64), (19, 5, 77)]
 
 
 def _tolerance(dtype, kernel, reference_fp64, torch_low):
-    """fp32: tight. Low precision: no worse than torch's own error at that dtype (plus a small floor)."""
+    """fp32: tight. Low precision: no worse than torch's own error at that dtype, or one rounding of
+    the result (the gradient is stored in the input dtype during the forward, Liger-style, and scaled
+    by the upstream gradient afterwards: one more rounding than torch's fused backward)."""
     if dtype == torch.float32:
         return dict(atol=1e-5, rtol=1e-4)
     torch_error = (torch_low.double() - reference_fp64).abs().max().item()
-    return dict(atol=2 * torch_error + 1e-3, rtol=0)
+    one_rounding = torch.finfo(dtype).eps * reference_fp64.abs().max().item()
+    return dict(atol=max(2 * torch_error, one_rounding) + 1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -27,6 +27,19 @@ MAX_BLOCK = 4096
 if triton is not None:
 
     @triton.jit
+    def _weighted_block(row_ptr, start, n_cols, c, cf, norm, margin, FIXED: tl.constexpr, BLOCK: tl.constexpr):
+        """One block of a row: columns, mask, weights W and weighted logits z (-inf past the row's end)."""
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        w = tl.where(cols == c, 1.0, tl.abs(cf - cols.to(tl.float32)) * norm)
+        if FIXED:
+            z = x + margin * (w - 1.0)
+        else:
+            z = x * w
+        return cols, mask, w, tl.where(mask, z, float("-inf"))
+
+    @triton.jit
     def _ranking_ce_kernel(logits_ptr, logits_stride, target_ptr, loss_ptr, grad_ptr, grad_stride,
                            n_cols, grad_scale, margin,
                            FIXED: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
@@ -41,15 +54,7 @@ if triton is not None:
         running_max = float("-inf")
         running_sum = 0.0
         for start in range(0, n_cols, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = cols < n_cols
-            x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            w = tl.where(cols == c, 1.0, tl.abs(cf - cols.to(tl.float32)) * norm)
-            if FIXED:
-                z = x + margin * (w - 1.0)
-            else:
-                z = x * w
-            z = tl.where(mask, z, float("-inf"))
+            cols, mask, w, z = _weighted_block(row_ptr, start, n_cols, c, cf, norm, margin, FIXED, BLOCK)
             new_max = tl.maximum(running_max, tl.max(z, axis=0))
             running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), axis=0)
             running_max = new_max
@@ -60,18 +65,9 @@ if triton is not None:
         if COMPUTE_GRAD:
             grad_row = grad_ptr + row * grad_stride
             for start in range(0, n_cols, BLOCK):
-                cols = start + tl.arange(0, BLOCK)
-                mask = cols < n_cols
-                x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-                w = tl.where(cols == c, 1.0, tl.abs(cf - cols.to(tl.float32)) * norm)
-                if FIXED:
-                    z = x + margin * (w - 1.0)
-                    dz_dx = 1.0
-                else:
-                    z = x * w
-                    dz_dx = w
-                p = tl.exp(z - lse)
-                g = (p - tl.where(cols == c, 1.0, 0.0)) * dz_dx * grad_scale
+                cols, mask, w, z = _weighted_block(row_ptr, start, n_cols, c, cf, norm, margin, FIXED, BLOCK)
+                dz_dx = 1.0 if FIXED else w  # d(weighted logit)/d(logit)
+                g = (tl.exp(z - lse) - tl.where(cols == c, 1.0, 0.0)) * dz_dx * grad_scale
                 tl.store(grad_row + cols, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -115,7 +111,7 @@ class RankingCrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         (grad,) = ctx.saved_tensors
         upstream = grad_output[:, None] if ctx.reduction == "none" else grad_output
-        return grad * upstream.to(grad.dtype), None, None, None, None
+        return (grad.float() * upstream.float()).to(grad.dtype), None, None, None, None
 
 
 def ranking_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, mode: Mode = "faithful",
