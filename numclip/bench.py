@@ -122,6 +122,11 @@ def run(out_dir: str | Path = "benchmarks/results", quick: Optional[bool] = None
         log: Callable[[str], None] = print) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = device.type == "cpu" if quick is None else quick
+    # backward alone is timed by replaying it on one graph (retain_graph), which compiled graphs
+    # refuse while they donate their buffers
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     bandwidth = memory_bandwidth_gbs(device)
     log(f"{name}: measured copy bandwidth {bandwidth:.1f} GB/s")

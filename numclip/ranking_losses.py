@@ -19,7 +19,7 @@ from numclip.losses import text_to_image_kl
 Mode = Literal["faithful", "fixed"]
 
 
-def _check(logits: Tensor, target: Tensor, mode: str) -> None:
+def check_inputs(logits: Tensor, target: Tensor, mode: str) -> None:
     if mode not in ("faithful", "fixed"):
         raise ValueError(f"mode must be 'faithful' or 'fixed', got '{mode}'")
     if logits.dim() != 2:
@@ -60,7 +60,14 @@ def ranking_weighted_cross_entropy(logits: Tensor, target: Tensor, mode: Mode = 
       always has the larger softmax share and so is pushed harder, whatever the logit's sign, and the
       loss is smooth in L. The true class (W = 1) is unchanged, and so is every class when all W are 1.
     """
-    _check(logits, target, mode)
+    check_inputs(logits, target, mode)
+    return weighted_cross_entropy_unchecked(logits, target, mode, margin, reduction)
+
+
+def weighted_cross_entropy_unchecked(logits: Tensor, target: Tensor, mode: Mode, margin: float,
+                                     reduction: str) -> Tensor:
+    """The arithmetic of `ranking_weighted_cross_entropy` without its input checks (what torch.compile
+    compiles: the checks read values back to the host)."""
     weights = ranking_weights(target, logits.shape[1]).to(logits.dtype)  # float32 first, as released
     if mode == "faithful":
         weighted = logits * weights
@@ -88,7 +95,7 @@ def ranking_weights_text(target: Tensor, num_classes: int, mode: Mode = "faithfu
 def ranking_weighted_kl(logits: Tensor, target: Tensor, mode: Mode = "faithful",
                         target_temperature: float = 10.0) -> Tensor:
     """NumCLIP's text->image ranking-weighted KL: OrdinalCLIP's KL on L.T ⊙ V (V from `ranking_weights_text`)."""
-    _check(logits, target, mode)
+    check_inputs(logits, target, mode)
     weights = ranking_weights_text(target, logits.shape[1], mode).to(logits.dtype)
     return text_to_image_kl(logits, target, target_temperature, weights=weights)
 

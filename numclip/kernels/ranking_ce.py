@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 
 from numclip.kernels.dispatch import Impl, compiled, resolve
-from numclip.ranking_losses import Mode, ranking_weighted_cross_entropy as reference
+from numclip.ranking_losses import Mode, check_inputs, weighted_cross_entropy_unchecked
+from numclip.ranking_losses import ranking_weighted_cross_entropy as reference
 
 try:
     import triton
@@ -71,17 +72,13 @@ if triton is not None:
                 tl.store(grad_row + cols, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_target(logits: torch.Tensor, target: torch.Tensor) -> None:
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"logits must be [B, d] with d >= 2, got shape {tuple(logits.shape)}")
-    if target.shape != logits.shape[:1] or target.dtype.is_floating_point:
-        raise ValueError(f"target must be integer class indices of shape [{logits.shape[0]}], "
-                         f"got {tuple(target.shape)} {target.dtype}")
-    in_range = (target >= 0).all() & (target < logits.shape[1]).all()
+def _check_target(logits: torch.Tensor, target: torch.Tensor, mode: str) -> None:
+    """The reference's checks; on CUDA the range check is an asynchronous device assert (no host sync),
+    which the kernel needs because an out-of-range target would index outside the row."""
+    check_inputs(logits, target, mode)
     if target.is_cuda:
-        torch._assert_async(in_range, "ranking_weighted_cross_entropy: target out of [0, d)")  # no sync
-    elif not bool(in_range):
-        raise ValueError(f"target values must be in [0, {logits.shape[1] - 1}]")
+        in_range = (target >= 0).all() & (target < logits.shape[1]).all()
+        torch._assert_async(in_range, "ranking_weighted_cross_entropy: target out of [0, d)")
 
 
 class RankingCrossEntropyFunction(torch.autograd.Function):
@@ -118,13 +115,13 @@ def ranking_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *
                                    reduction: Reduction = "mean", margin: float = 1.0,
                                    impl: Impl = "auto") -> torch.Tensor:
     """NumCLIP's ranking-weighted CE (`numclip.ranking_losses`), fused on GPU. Same values and gradients."""
-    if mode not in ("faithful", "fixed"):
-        raise ValueError(f"mode must be 'faithful' or 'fixed', got '{mode}'")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got '{reduction}'")
     chosen = resolve(impl, logits, target)
     if chosen == "triton":
-        _check_target(logits, target)
+        _check_target(logits, target, mode)
         return RankingCrossEntropyFunction.apply(logits, target, mode == "fixed", margin, reduction)
-    fn = compiled(reference) if chosen == "compile" else reference
-    return fn(logits, target, mode, margin, reduction)
+    if chosen == "compile":
+        check_inputs(logits, target, mode)
+        return compiled(weighted_cross_entropy_unchecked)(logits, target, mode, margin, reduction)
+    return reference(logits, target, mode, margin, reduction)
