@@ -8,7 +8,6 @@ device, versions and date; a PNG plot is drawn from it.
 
 from __future__ import annotations
 
-import csv
 import datetime
 import platform
 import time
@@ -18,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from numclip.atomic import write_csv
 from numclip.kernels import cosine_logits, ranking_weighted_cross_entropy
 from numclip.kernels.dispatch import triton_available
 from numclip.kernels.released import released_ce_dis_loss
@@ -151,11 +151,7 @@ def run(out_dir: str | Path = "benchmarks/results", quick: Optional[bool] = None
         log(f"{op} {impl:8s} B={batch:<6d} {'d' if op == 'loss' else 'D'}={width:<5d}"
             f"{f' K={protos}' if protos else ''} {dtype_name}: fwd+bwd {rows[-1]['median_ms']:.3f} ms")
     out = Path(out_dir) / f"kernels_{device.type}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, list(rows[0]), [list(r.values()) for r in rows])
     plot(rows, out.with_suffix(".png"))
     log(f"wrote {out} and {out.with_suffix('.png')}")
     return out

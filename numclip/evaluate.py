@@ -3,14 +3,13 @@ prototype head, and the comparison table of all methods."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from numclip.atomic import atomic_path, write_json, write_text
+from numclip.atomic import write_csv, write_json, write_text
 from numclip.config import Params
 from numclip.data import ImageRankDataset
 from numclip.errors import NumclipError
@@ -33,13 +32,6 @@ def head_path(params: Params, method: str) -> Path:
 
 def metrics_path(params: Params, method: str) -> Path:
     return Path(params.evaluate.metrics_dir) / f"{method}.json"
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def evaluate(params: Params, method: str, log: Callable[[str], None] = print) -> dict[str, Any]:

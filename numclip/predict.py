@@ -6,14 +6,13 @@ pass and one matrix product per batch.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from numclip.atomic import atomic_path
+from numclip.atomic import write_csv
 from numclip.data import load_image
 from numclip.errors import NumclipError
 from numclip.inference import autocast
@@ -115,10 +114,10 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path, num_c
 
     `expectation` is the continuous prediction (NumCLIP: the fine regressor's output); the p_ columns
     are the head's class probabilities (ranks, or NumCLIP's concepts)."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "rank", "expectation", *[f"p_{k}" for k in range(num_classes)], "error"])
-        for p in predictions:
-            probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
-            expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
-            writer.writerow([p.path, "" if p.rank is None else p.rank, expectation, *probs, p.error])
+    def row(p: Prediction) -> list[Any]:
+        probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
+        expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
+        return [p.path, "" if p.rank is None else p.rank, expectation, *probs, p.error]
+
+    write_csv(path, ["path", "rank", "expectation", *[f"p_{k}" for k in range(num_classes)], "error"],
+              map(row, predictions))

@@ -10,7 +10,6 @@ val and test, which shows whether the prior is real.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +28,7 @@ from numclip.models.ordinal import RankPromptModel
 from numclip.models.prompts import build_prompt_learner
 from numclip.models.text import TextTower
 from numclip.runtime import load_checked_manifest, seed_everything
+from numclip.train import cosine_schedule
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps its temperature the same way
 
@@ -70,7 +70,7 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
         source, history = f"pretrained weights '{params.model.pretrained}' (saved unchanged)", []
     else:
         source = f"contrastive pretraining on {params.data.manifest} (train split, {cfg.epochs} epochs)"
-        history = _contrastive(params, backbone, manifest, device)
+        history = _contrastive(params, backbone, manifest, device, log)
     save_backbone(backbone, cfg.output, source)
 
     model = zero_shot_model(params, backbone)
@@ -89,7 +89,8 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
     return result
 
 
-def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.device) -> list[dict[str, float]]:
+def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.device,
+                 log: Callable[[str], None]) -> list[dict[str, float]]:
     cfg = params.pretrain
     clip = backbone.model
     words = params.rank_words()
@@ -102,8 +103,7 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
     for p in clip.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(cfg.epochs * len(loader), 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, total) / total)))
+    scheduler = cosine_schedule(optimizer, cfg.epochs * len(loader))
     history = []
     clip.train()
     for epoch in range(1, cfg.epochs + 1):
@@ -124,6 +124,6 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
                 clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             losses.append(loss.item())
         history.append({"epoch": epoch, "loss": float(np.mean(losses))})
-        print(f"pretrain epoch {epoch}: contrastive loss {history[-1]['loss']:.3f}")
+        log(f"pretrain epoch {epoch}: contrastive loss {history[-1]['loss']:.3f}")
     clip.eval()
     return history

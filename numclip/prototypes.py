@@ -59,8 +59,8 @@ def read_cache(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def compute_prototypes(params: Params, log: Callable[[str], None] = print) -> dict[str, Any]:
     cfg = params.prototypes
-    backbone_file = backbone_config(params).pretrained
-    digest = file_digest(backbone_file)
+    backbone_cfg = backbone_config(params)
+    digest = file_digest(backbone_cfg.pretrained)
     cached, cached_keys = read_cache(cfg.output)
     tensors, keys, report = {}, {}, {}
     backbone = None
@@ -71,7 +71,7 @@ def compute_prototypes(params: Params, log: Callable[[str], None] = print) -> di
             tensors[method] = cached[method]
         else:
             if backbone is None:
-                backbone = create_backbone(backbone_config(params), resolve_device(params.model.device))
+                backbone = create_backbone(backbone_cfg, resolve_device(params.model.device))
             seed_everything(params.train.seed)
             with torch.no_grad():
                 tensors[method] = build_model(params, method, backbone).prototypes().float().cpu().contiguous()

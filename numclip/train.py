@@ -3,7 +3,6 @@ on CUDA, checkpoint selection on the validation split, a progress bar and Tensor
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 import time
@@ -17,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 from tqdm import tqdm
 
-from numclip.atomic import atomic_path, write_json
+from numclip.atomic import write_csv, write_json
 from numclip.config import Params
 from numclip.data import ImageRankDataset
 from numclip.errors import NumclipError
@@ -51,13 +50,19 @@ def make_optimizer(params: Params, groups: list[dict[str, Any]]) -> torch.optim.
     return cls(groups, weight_decay=params.train.weight_decay)
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay to 0 over `total_steps`, stepped once per optimisation step."""
+    total = max(total_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+
+
 def make_scheduler(params: Params, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """Stepped once per optimisation step (milestones are given in epochs)."""
     cfg = params.train
-    total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "cosine":
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-    elif cfg.schedule == "multistep":
+        return cosine_schedule(optimizer, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "multistep":
         milestones = [m * steps_per_epoch for m in cfg.milestones]
         factor = lambda step: cfg.gamma ** sum(step >= m for m in milestones)  # noqa: E731
     else:
@@ -118,7 +123,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print) -> Tr
                        for k in ("mae_argmax", "mae_expectation", "accuracy")}, run_name=".")
     writer.close()
     result = TrainResult(method, out_path, best_epoch, best_metrics, history, time.time() - start)
-    write_curves(Path(cfg.plots_dir) / f"{method}.csv", history)
+    write_csv(Path(cfg.plots_dir) / f"{method}.csv", list(history[0]), [list(h.values()) for h in history])
     write_json(Path(cfg.metrics_dir) / f"{method}.json", {
         "method": method, "best_epoch": best_epoch, "select_metric": cfg.select_metric,
         "val": best_metrics, "history": history, "seconds": round(result.seconds, 1)})
@@ -177,14 +182,6 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
         log(f"{method} epoch {epoch}: loss {loss.item():.3f}, val MAE {metrics['mae_argmax']:.3f}, "
             f"accuracy {metrics['accuracy']:.3f}")
     return best_epoch, best_metrics
-
-
-def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
-    """Validation metrics per epoch as CSV, for `dvc plots` (training curves)."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def _hparams(params: Params, method: str) -> dict[str, Any]:

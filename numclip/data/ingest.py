@@ -6,13 +6,11 @@ the user which rows were bad and why; the manifest is written only when the data
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from numclip.atomic import write_text
+from numclip.atomic import write_csv
 from numclip.config import DataConfig
 from numclip.data.manifest import SPLITS, Manifest, write_manifest
 from numclip.data.sources import read_source
@@ -46,11 +44,8 @@ class IngestReport:
 
 
 def write_rejects(rejects: list[Reject], path: str | Path) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["source_row", "path", "label", "reason"])
-    writer.writerows([r.source_row, r.path, r.label, r.reason] for r in rejects)
-    write_text(path, buf.getvalue())
+    write_csv(path, ["source_row", "path", "label", "reason"],
+              ([r.source_row, r.path, r.label, r.reason] for r in rejects))
 
 
 def ingest(cfg: DataConfig) -> IngestReport:

@@ -87,9 +87,6 @@ class InterpolatedPrompts(ContextPrompts):
         return torch.einsum("kl,lmw->kmw", self.interpolation, self.rank_embeds)
 
 
-PromptLearner = FixedPrompts | ContextPrompts
-
-
 def _content_ids(tokenizer: Callable, text: str) -> torch.Tensor:
     """Token ids of `text` between SOT and EOT."""
     ids = tokenizer([text])[0]
