@@ -68,6 +68,7 @@ class DataConfig(Section):
     images_root: Optional[str] = None
     manifest: str = "data/manifest.parquet"
     rejects: str = "data/rejects.csv"
+    incoming: str = "incoming"  # data drops: one sub-folder per drop, added to the source's rows
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
     verify_images: bool = True
     split: SplitConfig = SplitConfig()

@@ -3,6 +3,7 @@
 The Dataset names are loaded lazily so that ingesting data does not import torch.
 """
 
+from numclip.data.incoming import read_drop, read_drops
 from numclip.data.ingest import IngestReport, ingest, write_rejects
 from numclip.data.manifest import SPLITS, Candidate, Manifest, ManifestRow, read_manifest, write_manifest
 from numclip.data.sources import read_folder, read_listfile, read_source, read_table
@@ -11,9 +12,9 @@ from numclip.data.synthetic import generate_synthetic
 from numclip.data.validate import Reject, validate
 
 __all__ = ["SPLITS", "Candidate", "ImageRankDataset", "IngestReport", "Manifest", "ManifestRow",
-           "Reject", "assign_splits", "generate_synthetic", "ingest", "load_image", "read_folder",
-           "read_listfile", "read_manifest", "read_source", "read_table", "validate", "write_manifest",
-           "write_rejects"]
+           "Reject", "assign_splits", "generate_synthetic", "ingest", "load_image", "read_drop",
+           "read_drops", "read_folder", "read_listfile", "read_manifest", "read_source", "read_table",
+           "validate", "write_manifest", "write_rejects"]
 
 
 def __getattr__(name: str):
