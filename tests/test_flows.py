@@ -25,6 +25,8 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
                                             FlowRunFilterId)
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from flows.overrides import apply_param_overrides
@@ -82,6 +84,7 @@ def _free_port() -> int:
 
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a process started with start_new_session and everything it started."""
+    started = time.monotonic()
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -93,6 +96,7 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    print(f"stopped {proc.args[:3]} in {time.monotonic() - started:.1f} s")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +123,8 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home)}):
             yield env
+            APILogWorker.drain_all(timeout=10)  # logs and events reach the server before it stops
+            EventsWorker.drain_all(timeout=10)
     finally:
         _stop(proc)
         log.close()
@@ -130,7 +136,7 @@ def repo(tmp_path_factory):
 
 
 def _env(server_env: dict, repo: Path) -> dict:
-    return {**server_env, **dvc_env(repo)}
+    return {**server_env, **dvc_env(repo), "COLUMNS": "250"}  # rich tables: no truncated keys
 
 
 @pytest.fixture()
