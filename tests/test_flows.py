@@ -75,6 +75,19 @@ def test_metrics_changes_and_transient_errors():
     assert not is_transient(ValueError("Unable to acquire lock"))
 
 
+def test_serve_without_a_server_says_so(tmp_path):
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{_free_port()}/api")
+    proc = subprocess.run([sys.executable, "-m", "flows.serve", "--wait", "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "did not answer" in proc.stderr and "prefect server start" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    env.pop("PREFECT_API_URL")
+    proc = subprocess.run([sys.executable, "-m", "flows.serve"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "PREFECT_API_URL is not set" in proc.stderr
+
+
 # ----------------------------------------------------------------------------- server fixtures
 def _free_port() -> int:
     with socket.socket() as s:
