@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import yaml
 
-STAGES = ("ingest", "pretrain", "prototypes", "train", "evaluate")
+STAGES = ("ingest", "pretrain", "pretrain_plain", "prototypes", "train", "train_plain", "evaluate", "counting")
 
 # Output that marks a failure another attempt can fix: another DVC process holds the repository lock
 # (DVC gives up after 3 s), or a file system / network hiccup.

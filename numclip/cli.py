@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 from numclip.config import Params, load_params
 from numclip.errors import NumclipError
 
+BACKBONES = ("count-aware", "plain")
+
 
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -28,12 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("ingest", parents=[common], help="build the manifest (and rejects report) from data.*")
-    sub.add_parser("pretrain", parents=[common], help="give the backbone a language prior (or save real weights)")
+    backbone = argparse.ArgumentParser(add_help=False)
+    backbone.add_argument("--backbone", choices=BACKBONES, default="count-aware",
+                          help="plain: the counting comparison's baseline, pretrained with the plain CLIP "
+                          "loss, with its own paths (params plain_backbone); default: count-aware")
+    sub.add_parser("pretrain", parents=[common, backbone],
+                   help="give the backbone a language prior (or save real weights)")
     sub.add_parser("prototypes", parents=[common], help="cache the text prototypes of each method's initial prompts")
-    for name, what in (("train", "train a method"), ("evaluate", "evaluate trained methods")):
-        p = sub.add_parser(name, parents=[common], help=what)
+    for name, what, parents in (("train", "train a method", [common, backbone]),
+                                ("evaluate", "evaluate trained methods", [common])):
+        p = sub.add_parser(name, parents=parents, help=what)
         p.add_argument("--method", action="append", help="method name from params 'methods' "
                        "(repeatable; default: all)")
+    sub.add_parser("counting", parents=[common], help="zero-shot counting (CountBench-style) of the "
+                   "count-aware and plain backbones, and the methods trained on each")
     sub.add_parser("compare", parents=[common], help="comparison table of evaluated methods")
     run = sub.add_parser("run", parents=[common], help="every stage in order (what `dvc repro` runs), then compare")
     run.add_argument("--method", action="append", help="restrict to these methods (repeatable)")
@@ -99,6 +109,12 @@ def cmd_compare(params: Params, methods: list[str]) -> None:
     print(f"(written to {params.evaluate.comparison} and its .md)")
 
 
+def cmd_counting(params: Params) -> None:
+    from numclip.counting.stage import run_counting
+
+    run_counting(params)
+
+
 def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     from numclip.models.backbone import resolve_device
     from numclip.predict import Predictor, collect_images, write_predictions
@@ -117,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params, args.overrides)
+        if getattr(args, "backbone", None) == "plain":
+            params = params.with_plain_backbone()
         if args.command == "ingest":
             cmd_ingest(params)
         elif args.command == "pretrain":
@@ -132,14 +150,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cmd_compare(params, methods)
         elif args.command == "compare":
             cmd_compare(params, _methods(params, None))
+        elif args.command == "counting":
+            cmd_counting(params)
         elif args.command == "run":
             methods = _methods(params, args.method)
+            plain = params.with_plain_backbone()
             cmd_ingest(params)
             cmd_pretrain(params)
+            cmd_pretrain(plain)
             cmd_prototypes(params)
             cmd_train(params, methods)
+            cmd_train(plain, methods)
             cmd_evaluate(params, methods)
             cmd_compare(params, methods)
+            cmd_counting(params)
         elif args.command == "predict":
             cmd_predict(params, args)
         elif args.command == "bench":

@@ -199,9 +199,20 @@ class TrainConfig(Section):
     plots_dir: str = "plots/training"  # per-epoch validation curves, CSV for `dvc plots`
 
 
+class CountingLossConfig(Section):
+    """'Teaching CLIP to Count to Ten': L = L_CLIP + weight * L_count over counterfactual captions."""
+
+    weight: float = Field(1.0, ge=0, description="lambda; 0 trains with the plain CLIP loss")
+    negatives: Literal["one", "all"] = Field(
+        "one", description="one random counterfactual number (released) or all 8 others (L_count+)")
+    fraction: Optional[float] = Field(
+        None, ge=0, le=1, description="share of counting samples in each batch; null: the data's own mix")
+
+
 class PretrainConfig(Section):
-    """Contrastive CLIP training of the backbone on the captioned train split (random-init backbones);
-    a backbone with real pretrained weights is saved unchanged instead."""
+    """Contrastive CLIP training of the backbone on the captioned train split (random-init backbones),
+    count-aware by default; a backbone with real pretrained weights is saved unchanged unless
+    finetune_pretrained is set."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(64, ge=2)
@@ -210,8 +221,37 @@ class PretrainConfig(Section):
     template_caption_prob: float = Field(
         0.5, ge=0, le=1, description="share of captions replaced by task.zeroshot_template for the rank")
     seed: int = 0
+    counting: CountingLossConfig = CountingLossConfig()
+    finetune_pretrained: bool = Field(
+        False, description="with model.pretrained: fine-tune those weights with this loss (lr ~1e-5)")
     output: str = "models/backbone.safetensors"
     metrics: str = "metrics/pretrain.json"
+
+
+class PlainBackboneConfig(Section):
+    """The baseline of the counting comparison: the same pretraining (data, steps, seed) with the
+    plain CLIP loss (counting weight 0), and every method trained on it. Its own output paths."""
+
+    pretrain_output: str = "models/plain/backbone.safetensors"
+    pretrain_metrics: str = "metrics/plain/pretrain.json"
+    models_dir: str = "models/plain"
+    runs_dir: str = "runs/plain"
+    metrics_dir: str = "metrics/plain/train"
+    plots_dir: str = "plots/plain/training"
+
+
+class CountingEvalConfig(Section):
+    """CountBench-style counting: each image's caption with 'two'..'ten' substituted; argmax = count."""
+
+    split: Literal["val", "test"] = "test"
+    countbench_json: Optional[str] = Field(
+        None, description="a copy of CountBench.json (fields image_url, text, number)")
+    countbench_images: Optional[str] = Field(
+        None, description="the folder of the CountBench images you downloaded")
+    batch_size: int = Field(128, ge=1)
+    metrics: str = "metrics/counting.json"
+    table: str = "metrics/counting.md"  # the two backbones side by side
+    output_dir: str = "artifacts/counting"  # confusion PNGs, per-image predictions, CountBench rejects
 
 
 class PrototypesConfig(Section):
@@ -242,6 +282,8 @@ class Params(Section):
     prototypes: PrototypesConfig = PrototypesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    plain_backbone: PlainBackboneConfig = PlainBackboneConfig()
+    counting: CountingEvalConfig = CountingEvalConfig()
     predict: PredictConfig = PredictConfig()
 
     @field_validator("methods")
@@ -250,6 +292,17 @@ class Params(Section):
         if not v:
             raise ValueError("at least one method is needed")
         return v
+
+    def with_plain_backbone(self) -> "Params":
+        """These params for the counting comparison's baseline: the plain CLIP loss in pretraining,
+        and the backbone, models and training records under plain_backbone's paths."""
+        plain = self.model_copy(deep=True)
+        b = self.plain_backbone
+        plain.pretrain.counting.weight = 0.0
+        plain.pretrain.output, plain.pretrain.metrics = b.pretrain_output, b.pretrain_metrics
+        plain.train.models_dir, plain.train.runs_dir = b.models_dir, b.runs_dir
+        plain.train.metrics_dir, plain.train.plots_dir = b.metrics_dir, b.plots_dir
+        return plain
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:

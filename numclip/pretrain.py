@@ -2,13 +2,17 @@
 
 A random-init backbone (the tiny default) is trained with CLIP's contrastive loss on the captioned
 train split; a share of captions is replaced by the zero-shot template for the image's rank, so that
-the template's words are ones the text encoder has seen. A backbone with real pretrained weights (an
-open_clip tag or a local file) is saved unchanged. Either way the stage reports zero-shot accuracy on
-val and test, which shows whether the prior is real.
+the template's words are ones the text encoder has seen. By default the loss is count-aware
+(pretrain.counting, methods.md section 6): each counting caption is also contrasted with
+counterfactual captions naming a wrong count. A backbone with real pretrained weights (an open_clip
+tag or a local file) is saved unchanged, or fine-tuned with the same loss when
+pretrain.finetune_pretrained is set. Either way the stage reports zero-shot accuracy on val and test,
+which shows whether the prior is real.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Callable
 
@@ -20,6 +24,8 @@ from tqdm import tqdm
 
 from numclip.atomic import write_json
 from numclip.config import MethodConfig, Params
+from numclip.counting import (CountingBatchSampler, all_counterfactuals, count_aware_clip_loss,
+                              counterfactual, counting_contrastive_loss, is_counting)
 from numclip.data import ImageRankDataset
 from numclip.inference import autocast, collect_logits, metrics_from_logits
 from numclip.losses import clip_contrastive_loss
@@ -44,12 +50,15 @@ class CaptionedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        image, label = self.images[i]
+    def caption(self, i: int) -> str:
         caption = self.images.rows[i].caption
         if caption is None or self.draws[i] < self.p:
-            caption = self.template_captions[label]
-        return image, caption
+            caption = self.template_captions[self.images.rows[i].label]
+        return caption
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        image, _ = self.images[i]
+        return image, self.caption(i)
 
 
 def zero_shot_model(params: Params, backbone: Backbone) -> RankPromptModel:
@@ -66,10 +75,11 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
     device = resolve_device(params.model.device)
     manifest = load_checked_manifest(params)
     backbone = create_backbone(params.model, device)
-    if params.model.pretrained is not None:
+    if params.model.pretrained is not None and not cfg.finetune_pretrained:
         source, history = f"pretrained weights '{params.model.pretrained}' (saved unchanged)", []
     else:
-        source = f"contrastive pretraining on {params.data.manifest} (train split, {cfg.epochs} epochs)"
+        source = (f"{_loss_name(cfg)} {'fine-tuning' if params.model.pretrained else 'pretraining'} on "
+                  f"{params.data.manifest} (train split, {cfg.epochs} epochs)")
         history = _contrastive(params, backbone, manifest, device, log)
     save_backbone(backbone, cfg.output, source)
 
@@ -89,17 +99,61 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
     return result
 
 
+def _loss_name(cfg) -> str:
+    c = cfg.counting
+    if c.weight == 0:
+        return "contrastive (plain CLIP loss)"
+    negatives = "one counterfactual" if c.negatives == "one" else "all 8 counterfactuals"
+    return f"count-aware contrastive (lambda {c.weight:g}, {negatives})"
+
+
+def _loader(data: CaptionedImages, params: Params) -> DataLoader:
+    """Shuffled batches, or batches with a fixed share of counting captions (pretrain.counting.fraction).
+    The plain baseline and the count-aware run get the same batches: only the loss differs."""
+    cfg = params.pretrain
+    workers = params.train.num_workers
+    if cfg.counting.fraction is not None:
+        sampler = CountingBatchSampler([is_counting(data.caption(i)) for i in range(len(data))],
+                                       cfg.batch_size, cfg.counting.fraction, cfg.seed,
+                                       drop_last=len(data) > cfg.batch_size)
+        return DataLoader(data, batch_sampler=sampler, num_workers=workers)
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                      generator=torch.Generator().manual_seed(cfg.seed), drop_last=len(data) > cfg.batch_size)
+
+
+def _counting_loss(clip, backbone: Backbone, captions: list[str], image_features: torch.Tensor,
+                   text_features: torch.Tensor, negatives: str, rng: random.Random,
+                   device: torch.device) -> torch.Tensor:
+    """L_count over the batch's counting captions; their counterfactuals are encoded here only, never
+    as negatives of the CLIP loss."""
+    rows = [k for k, c in enumerate(captions) if is_counting(c)]
+    if negatives == "one":
+        fakes = [[counterfactual(captions[k], rng)] for k in rows]
+    else:
+        fakes = [all_counterfactuals(captions[k]) for k in rows]
+    m = len(fakes[0]) if fakes else 1
+    cf_features = image_features.new_zeros((0, m, image_features.shape[1]))
+    if rows:
+        with autocast(device):
+            encoded = clip.encode_text(backbone.tokenizer([f for fs in fakes for f in fs]).to(device))
+        cf_features = encoded.float().reshape(len(rows), m, -1)
+    index = torch.tensor(rows, dtype=torch.long, device=device)
+    return counting_contrastive_loss(image_features[index], text_features[index], cf_features,
+                                     clip.logit_scale.exp())
+
+
 def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.device,
                  log: Callable[[str], None]) -> list[dict[str, float]]:
     cfg = params.pretrain
+    counting = cfg.counting
     clip = backbone.model
     words = params.rank_words()
     augment = transforms.Compose([transforms.RandomHorizontalFlip(), backbone.preprocess])
     data = CaptionedImages(ImageRankDataset(manifest, "train", augment),
                            [params.task.zeroshot_template.format(w) for w in words], cfg.template_caption_prob,
                            cfg.seed)
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=params.train.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed), drop_last=len(data) > cfg.batch_size)
+    loader = _loader(data, params)
+    rng = random.Random(cfg.seed)  # counterfactual draws: their own stream, so batches match the baseline's
     for p in clip.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -107,15 +161,20 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
     history = []
     clip.train()
     for epoch in range(1, cfg.epochs + 1):
-        losses = []
+        losses, count_losses = [], []
         for images, captions in tqdm(loader, desc=f"pretrain epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
+            captions = list(captions)
             groups = {c: i for i, c in enumerate(dict.fromkeys(captions))}
             caption_group = torch.tensor([groups[c] for c in captions], device=device)
             with autocast(device):
-                image_features = clip.encode_image(images.to(device))
-                text_features = clip.encode_text(backbone.tokenizer(list(captions)).to(device))
-            loss = clip_contrastive_loss(image_features.float(), text_features.float(), clip.logit_scale.exp(),
-                                         caption_group)
+                image_features = clip.encode_image(images.to(device)).float()
+                text_features = clip.encode_text(backbone.tokenizer(captions).to(device)).float()
+            loss = clip_contrastive_loss(image_features, text_features, clip.logit_scale.exp(), caption_group)
+            if counting.weight > 0:
+                count_loss = _counting_loss(clip, backbone, captions, image_features, text_features,
+                                            counting.negatives, rng, device)
+                loss = count_aware_clip_loss(loss, count_loss, counting.weight)
+                count_losses.append(count_loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -124,6 +183,10 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
                 clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             losses.append(loss.item())
         history.append({"epoch": epoch, "loss": float(np.mean(losses))})
-        log(f"pretrain epoch {epoch}: contrastive loss {history[-1]['loss']:.3f}")
+        text = f"pretrain epoch {epoch}: loss {history[-1]['loss']:.3f}"
+        if count_losses:
+            history[-1]["count_loss"] = float(np.mean(count_losses))
+            text += f" (counting loss {history[-1]['count_loss']:.3f})"
+        log(text)
     clip.eval()
     return history
