@@ -155,3 +155,18 @@ def test_prototype_cache_reencodes_only_changed_prompts(run_dir, monkeypatch):
     after, _ = read_cache("artifacts/prototypes.safetensors")
     torch.testing.assert_close(after["ordinalclip"], before["ordinalclip"])
     assert not torch.equal(after["coop"], before["coop"])
+
+
+def test_run_compares_the_count_aware_and_plain_backbones(run_dir):
+    """`numclip run` also pretrains the plain-loss baseline, trains every method on it, and ends with
+    the counting comparison of the two backbones."""
+    counting = json.loads((run_dir / "metrics" / "counting.json").read_text())
+    assert set(counting) == {"count_aware", "plain"}
+    for backbone in ("count_aware", "plain"):
+        synthetic = counting[backbone]["synthetic"]
+        assert synthetic["n"] > 0 and 0 <= synthetic["accuracy"] <= 1
+        assert all(counting[backbone]["methods"][m] is not None for m in ("zeroshot", "coop"))
+    plain = json.loads((run_dir / "metrics" / "plain" / "pretrain.json").read_text())
+    assert plain["source"].startswith("contrastive (plain CLIP loss)")
+    assert (run_dir / "models" / "plain" / "coop.safetensors").is_file()
+    assert "| zero-shot counting accuracy" in (run_dir / "metrics" / "counting.md").read_text()
