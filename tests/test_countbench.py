@@ -19,7 +19,7 @@ from numclip.counting.countbench import (
     synthetic_items,
 )
 from numclip.counting.stage import run_counting
-from numclip.data import Manifest, ManifestRow, ingest
+from numclip.data import Manifest, ManifestRow, ingest, read_manifest
 from numclip.errors import NumclipError
 from numclip.models.backbone import Backbone, create_backbone, save_backbone
 from numclip.models.ordinal import build_model, save_model
@@ -298,3 +298,27 @@ def test_run_counting_countbench_needs_images_and_plain_backbone(stage_params):
     params.pretrain.output = "nowhere/backbone.safetensors"
     with pytest.raises(NumclipError, match=r"\(pretrain.output\): run `numclip pretrain`"):
         run_counting(params, log=lambda s: None)
+
+
+def test_word_choices_keep_the_plural_and_need_exactly_one_word():
+    from numclip.counting.attributes import word_choices
+    options, truth = word_choices("a photo of four red circles", ["circle", "square", "triangle"])
+    assert options == ["a photo of four red circles", "a photo of four red squares",
+                       "a photo of four red triangles"] and truth == 0
+    assert word_choices("a photo of one blue square", ["red", "blue"]) == (
+        ["a photo of one red square", "a photo of one blue square"], 1)
+    assert word_choices("a red and blue square", ["red", "blue"]) is None
+    assert word_choices("a photo of objects", ["red", "blue"]) is None
+    assert word_choices("a reddish square", ["red", "blue"]) is None
+
+
+def test_run_counting_reports_colour_and_shape_choice(stage_params):
+    result = run_counting(stage_params, log=lambda s: None)
+    for backbone in ("count_aware", "plain"):
+        attributes = result[backbone]["attributes"]
+        assert set(attributes) == {"colour", "shape"}
+        assert attributes["shape"]["chance_accuracy"] == pytest.approx(1 / 3)
+        assert attributes["colour"]["n"] == result[backbone]["synthetic"]["n"] + sum(
+            1 for r in read_manifest(stage_params.data.manifest).split("test") if r.label == 0)
+    markdown = open(stage_params.counting.table).read()
+    assert "zero-shot colour accuracy" in markdown and "zero-shot shape accuracy" in markdown

@@ -172,22 +172,32 @@ def evaluate_counting(backbone: Backbone, items: list[CountItem], device: torch.
     if not items:
         raise NumclipError("no counting items to evaluate: need images whose caption names a single "
                            f"count {LOWEST}..{HIGHEST}")
-    device = torch.device(device)
     captions = [_captions(item) for item in items]
+    chosen = choose_captions(backbone, [item.image for item in items], captions, device, batch_size)
+    predicted = [LOWEST + i for i in chosen]
+    return counting_metrics(items, predicted)
+
+
+def choose_captions(backbone: Backbone, images: list[Path], candidates: list[list[str]],
+                    device: torch.device | str, batch_size: int) -> list[int]:
+    """For each image, the index of the most cosine-similar of its candidate captions (zero-shot
+    choice; every image has the same number of candidates). Identical captions are encoded once."""
+    if len({len(c) for c in candidates}) > 1:
+        raise ValueError("every image needs the same number of candidate captions")
+    device = torch.device(device)
     model = backbone.model
     was_training = model.training
     model.eval()
     try:
-        unique = list(dict.fromkeys(c for nine in captions for c in nine))
+        unique = list(dict.fromkeys(c for options in candidates for c in options))
         text = _encode_texts(backbone, unique, device, batch_size)
-        image = _encode_images(backbone, [item.image for item in items], device, batch_size)
+        image = _encode_images(backbone, images, device, batch_size)
     finally:
         model.train(was_training)
     row = {c: i for i, c in enumerate(unique)}
-    index = torch.tensor([[row[c] for c in nine] for nine in captions])  # [N, 9]
+    index = torch.tensor([[row[c] for c in options] for options in candidates])  # [N, C]
     scores = torch.einsum("nd,nkd->nk", image, text[index])
-    predicted = (scores.argmax(dim=1) + LOWEST).tolist()
-    return counting_metrics(items, predicted)
+    return scores.argmax(dim=1).tolist()
 
 
 def _captions(item: CountItem) -> list[str]:

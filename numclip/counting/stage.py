@@ -15,6 +15,7 @@ import torch
 
 from numclip.atomic import write_csv, write_json, write_text
 from numclip.config import Params
+from numclip.counting.attributes import attribute_accuracy
 from numclip.counting.captions import COUNT_WORDS
 from numclip.counting.countbench import (
     CountItem,
@@ -112,10 +113,22 @@ def _evaluate_backbone(name: str, params: Params, manifest: Manifest, synthetic:
                     Path(cfg.output_dir) / f"{name}_{dataset}.png")
         log(f"counting: {BACKBONES[name]} backbone, {dataset}: accuracy {counted['accuracy']:.3f} "
             f"(chance {counted['chance_accuracy']:.3f}), MAD {counted['mad']:.3f}, n = {counted['n']}")
+    result["attributes"] = _attributes(params, backbone, manifest, device)
     del backbone
     result["zero_shot_rank"] = zero_shot_rank(params.pretrain.metrics)
     result["methods"] = {m: method_metrics(params, m, manifest, device) for m in params.methods}
     return result, rows
+
+
+def _attributes(params: Params, backbone, manifest: Manifest,
+                device: torch.device) -> Optional[dict[str, Any]]:
+    """The synthetic data's colour and shape words, chosen zero-shot: what the counting loss never
+    trained, so a drop here is what count-awareness cost (None for other sources)."""
+    if params.data.source != "synthetic":
+        return None
+    vocab = {"colour": params.data.synthetic.colours, "shape": params.data.synthetic.shapes}
+    return {name: attribute_accuracy(backbone, manifest, params.counting.split, list(words), device,
+                                     params.counting.batch_size) for name, words in vocab.items()}
 
 
 def _confusion(counted: dict[str, Any], title: str):
@@ -194,6 +207,9 @@ def counting_table(params: Params, results: dict[str, Any]) -> str:
         rows += [(f"CountBench accuracy (n = {bench['n']}, {bench['n_missing']} missing or rejected)",
                   ("countbench", "accuracy")),
                  ("CountBench mean absolute deviation", ("countbench", "mad"))]
+    attributes = results["count_aware"].get("attributes") or {}
+    rows += [(f"zero-shot {name} accuracy (other words of the caption; chance {a['chance_accuracy']:.3f})",
+              ("attributes", name, "accuracy")) for name, a in attributes.items() if a is not None]
     rows += [("zero-shot rank accuracy (template prompts)", ("zero_shot_rank", "accuracy")),
              ("zero-shot rank MAE (template prompts)", ("zero_shot_rank", "mae_argmax"))]
     rows += [(f"{m} test MAE (argmax)", ("methods", m, "mae_argmax")) for m in params.methods]
