@@ -1,0 +1,373 @@
+"""Shared machinery of the dataset importers: reading list files, finding images, collecting rows and rejects.
+
+Every data line an importer reads ends as exactly one table row or one reject (`source_row` = file:line
+and a reason): nothing is dropped silently, so `rows + rejects` always equals the lines read. A broken
+input *structure* (a missing list file, a CSV without its header) is a `NumclipError` naming the file.
+
+The table written is numclip's `table` source (`path,label,split,fold,group,caption`, paths relative to
+the dataset root, which becomes `data.images_root`); the rejects go to `<out stem>.rejects.csv` beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import posixpath
+import re
+import statistics
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+from numclip.atomic import write_csv
+from numclip.data.sources import IMAGE_EXTENSIONS
+from numclip.errors import NumclipError
+
+TABLE_COLUMNS = ("path", "label", "split", "fold", "group", "caption")
+REJECT_COLUMNS = ("source_row", "path", "reason")
+SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+class Bad(Exception):
+    """One line's reason for rejection; `path` is the image path as the line gave it (may be empty)."""
+
+    def __init__(self, reason: str, path: str = ""):
+        super().__init__(reason)
+        self.path = path
+
+
+# --------------------------------------------------------------------------------------------- report
+@dataclass
+class ImportReport:
+    """What an importer wrote, and the params overrides that make numclip read it."""
+
+    dataset: str
+    num_ranks: int
+    rows: int
+    rejects: int
+    folds: list[int]
+    out: Path
+    images_root: Path
+    rejects_out: Path
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # rows per "fold/split" (or "all")
+    first_rejects: list[str] = field(default_factory=list)
+
+    def params(self) -> dict[str, object]:
+        """The `params.yaml` overrides (dotted keys) that point numclip's `table` source at this import."""
+        return {"data.source": "table", "data.path": str(self.out),
+                "data.images_root": str(self.images_root), "data.num_ranks": self.num_ranks}
+
+    def summary(self) -> str:
+        folds = f"folds {', '.join(map(str, self.folds))}" if self.folds else "no folds"
+        lines = [f"{self.dataset}: {self.rows} rows, {self.rejects} rejects, K = {self.num_ranks}, {folds}",
+                 f"  table:   {self.out}", f"  rejects: {self.rejects_out}"]
+        if self.counts:
+            lines.append("  rows: " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  reject: {r}" for r in self.first_rejects]
+        if self.rejects > len(self.first_rejects):
+            lines.append(f"  ... {self.rejects - len(self.first_rejects)} more in {self.rejects_out}")
+        lines.append("  params: " + " ".join(f"{k}={v}" for k, v in self.params().items()))
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ collector
+@dataclass
+class Row:
+    path: str
+    label: int
+    split: str = ""
+    fold: int | None = None
+    group: str = ""
+    source_row: str = ""
+
+
+@dataclass(frozen=True)
+class Reject:
+    source_row: str
+    path: str
+    reason: str
+
+
+class Collector:
+    """Gathers one importer's rows and rejects; checks the label range and duplicate images per fold."""
+
+    def __init__(self, dataset: str, root: Path, num_ranks: int):
+        self.dataset, self.root, self.num_ranks = dataset, root, num_ranks
+        self.rows: list[Row] = []
+        self.rejects: list[Reject] = []
+        self.notes: list[str] = []
+        self._seen: dict[tuple[int | None, str], str] = {}
+
+    @contextmanager
+    def line(self, source_row: str, path: str = "") -> Iterator[None]:
+        """Run one line's parsing; a `Bad` raised inside becomes this line's reject."""
+        try:
+            yield
+        except Bad as e:
+            self.reject(source_row, str(e), e.path or path)
+
+    def reject(self, source_row: str, reason: str, path: str = "") -> None:
+        self.rejects.append(Reject(source_row, path, reason))
+
+    def add(self, source_row: str, path: str, label: int, split: str = "", fold: int | None = None,
+            group: str = "") -> Row:
+        """Append a row; a label outside [0, K) or an image already taken in this fold raises `Bad`."""
+        if not 0 <= label < self.num_ranks:
+            raise Bad(f"label {label} outside [0, {self.num_ranks})", path)
+        key = (fold, path)
+        if key in self._seen:
+            where = "" if fold is None else f" in fold {fold}"
+            raise Bad(f"duplicate image{where} (first at {self._seen[key]})", path)
+        self._seen[key] = source_row
+        row = Row(path, label, split, fold, group, source_row)
+        self.rows.append(row)
+        return row
+
+    def write(self, out: str | os.PathLike) -> ImportReport:
+        """Write the table and its rejects file (always, so no stale rejects linger) and report."""
+        out = Path(out)
+        rejects_out = rejects_path(out)
+        write_csv(out, TABLE_COLUMNS, ([r.path, r.label, r.split, "" if r.fold is None else r.fold,
+                                        r.group, ""] for r in self.rows))
+        write_csv(rejects_out, REJECT_COLUMNS, ([r.source_row, r.path, r.reason] for r in self.rejects))
+        folds = sorted({r.fold for r in self.rows if r.fold is not None})
+        counts = Counter(_count_key(r) for r in self.rows)
+        return ImportReport(dataset=self.dataset, num_ranks=self.num_ranks, rows=len(self.rows),
+                            rejects=len(self.rejects), folds=folds, out=out, images_root=self.root,
+                            rejects_out=rejects_out, notes=list(self.notes),
+                            counts=dict(sorted(counts.items(), key=lambda kv: _sort_key(kv[0]))),
+                            first_rejects=[f"{r.source_row}: {r.reason}" for r in self.rejects[:5]])
+
+
+def _count_key(row: Row) -> str:
+    parts = ([] if row.fold is None else [f"fold {row.fold}"]) + ([row.split] if row.split else [])
+    return "/".join(parts) or "all"
+
+
+def _sort_key(key: str) -> tuple:
+    m = re.match(r"fold (\d+)/?(.*)", key)
+    order = {"train": 0, "val": 1, "test": 2}
+    return (int(m.group(1)), order.get(m.group(2), 3)) if m else (-1, order.get(key, 3))
+
+
+def rejects_path(out: Path) -> Path:
+    """`imports/morph.csv` -> `imports/morph.rejects.csv`."""
+    return out.with_name(f"{out.stem}.rejects.csv")
+
+
+# ------------------------------------------------------------------------------------------- reading
+def dataset_root(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise NumclipError(f"dataset root {root} is not a folder")
+    return root
+
+
+def read_lines(path: Path, comments: bool = True) -> list[tuple[str, str]]:
+    """(`file:line`, text) for each non-blank line (and, with `comments`, not a `#` comment)."""
+    if not path.is_file():
+        raise NumclipError(f"list file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
+    return [(f"{path}:{n}", text) for n, text in enumerate(lines, start=1)
+            if text.strip() and not (comments and text.lstrip().startswith("#"))]
+
+
+def norm_column(name: str) -> str:
+    """Header names compare case-insensitively, without a leading `#` (the Aesthetics TSV has one)."""
+    return name.strip().lstrip("#").strip().lower()
+
+
+def read_csv_table(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
+    """Header (normalised names) and (`file:line`, {name: value}) per data row of a CSV/TSV.
+
+    The delimiter is a tab for .tsv files or a header holding tabs, else a comma. A row whose field
+    count differs from the header's becomes a `(file:line, None)` entry, for the caller to reject.
+    """
+    if not path.is_file():
+        raise NumclipError(f"table not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in first
+            reader = csv.reader(f, delimiter="\t" if tab else ",")
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
+                raise NumclipError(f"{path} is empty: a header row naming its columns is required")
+            names = [norm_column(h) for h in header]
+            rows, end = [], reader.line_num
+            for fields in reader:
+                line, end = end + 1, reader.line_num
+                if not any(x.strip() for x in fields):
+                    continue
+                rows.append((f"{path}:{line}", dict(zip(names, fields)) if len(fields) == len(names)
+                             else {"__fields__": str(len(fields))}))
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
+    except csv.Error as e:
+        raise NumclipError(f"{path}: not valid CSV: {e}") from None
+    return names, rows
+
+
+def check_fields(values: dict[str, str], header: Sequence[str]) -> None:
+    """Reject a CSV row that `read_csv_table` found ragged."""
+    if "__fields__" in values:
+        raise Bad(f"{values['__fields__']} fields but the header has {len(header)}")
+
+
+def pick_column(names: Sequence[str], choices: Sequence[str]) -> str | None:
+    return next((c for c in choices if c in names), None)
+
+
+def require_column(path: Path, names: Sequence[str], choices: Sequence[str], what: str) -> str:
+    column = pick_column(names, choices)
+    if column is None:
+        raise NumclipError(f"{path}: no {what} column (looked for {', '.join(choices)}; "
+                           f"it has columns {', '.join(names) or '(none)'})")
+    return column
+
+
+def list_fields(text: str, what: str = "<path> <label>") -> tuple[str, str]:
+    """The first two whitespace-separated fields of a list line (more are allowed and ignored)."""
+    parts = text.split()
+    if len(parts) < 2:
+        raise Bad(f"too few fields: expected '{what}'", parts[0] if parts else "")
+    return parts[0], parts[1]
+
+
+def as_int(text: str, what: str) -> int:
+    """'36' and '36.0' -> 36; anything else is a reject naming `what`."""
+    value = as_number(text, what)
+    if not value.is_integer():
+        raise Bad(f"non-integer {what} '{text.strip()}'")
+    return int(value)
+
+
+def as_number(text: str, what: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise Bad(f"non-numeric {what} '{text.strip()}'") from None
+    if not math.isfinite(value):
+        raise Bad(f"non-numeric {what} '{text.strip()}'")
+    return value
+
+
+def round_half_up(x: float) -> int:
+    """2.5 -> 3 (Python's round() would give 2): a median between two grades goes to the higher."""
+    return math.floor(x + 0.5)
+
+
+def median_grade(scores: Sequence[float]) -> int:
+    return round_half_up(statistics.median(scores))
+
+
+# ------------------------------------------------------------------------------------------- images
+def has_image_suffix(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def locate(root: Path, raw: str, prefixes: Sequence[str] = ("",), add_extension: bool = False) -> str:
+    """The POSIX path, relative to `root`, of the existing image a list line names.
+
+    Tried in order: the path as given under each prefix, then with its leading folders dropped one by
+    one (lists written on another machine say `../../datasets/Morph/image/x.jpg` for `image/x.jpg`).
+    `..` never survives, so the result stays inside the root. With `add_extension`, a name without an
+    image suffix (a Flickr id) is also tried with .jpg/.jpeg/.png.
+    """
+    text = raw.strip().replace("\\", "/")
+    if not text:
+        raise Bad("missing path")
+    parts = [p for p in PurePosixPath(text).parts if p != "/"]
+    suffixes = [""] + ([".jpg", ".jpeg", ".png", ".JPG"] if add_extension and not has_image_suffix(text) else [])
+    for start in range(len(parts)):
+        tail = parts[start:]
+        if ".." in tail:
+            continue
+        for prefix in prefixes:
+            for suffix in suffixes:
+                rel = posixpath.join(prefix, *tail) + suffix
+                if (root / rel).is_file():
+                    return rel
+    raise Bad("image not found under the dataset root", raw.strip())
+
+
+def first_existing(root: Path, candidates: Sequence[str]) -> str:
+    for rel in candidates:
+        if (root / rel).is_file():
+            return rel
+    raise Bad(f"image not found (tried {', '.join(candidates)})", candidates[0] if candidates else "")
+
+
+def image_files(folder: Path, root: Path) -> list[str]:
+    """Image files anywhere under `folder` (dotfiles skipped), as sorted POSIX paths relative to root."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [Path(dirpath, f).relative_to(root).as_posix() for f in filenames
+                if not f.startswith(".") and has_image_suffix(f)]
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------------ list folders
+def split_of(file: Path) -> str | None:
+    """`train.txt`, `ET_proto_train.txt`, `fold0-val.txt` -> the split; other names -> None."""
+    if file.suffix.lower() != ".txt":
+        return None
+    stem = file.stem.lower()
+    for split, names in SPLIT_ALIASES.items():
+        if any(stem == n or re.search(rf"[_\-.]{n}$", stem) for n in names):
+            return split
+    return None
+
+
+def split_lists(folder: Path) -> dict[str, Path]:
+    """{split: list file} of the list files directly in `folder`; two files for one split is an error."""
+    found: dict[str, Path] = {}
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        split = split_of(file)
+        if split is None:
+            continue
+        if split in found:
+            raise NumclipError(f"{folder} has two {split} lists: {found[split].name} and {file.name}")
+        found[split] = file
+    return {s: found[s] for s in SPLIT_ALIASES if s in found}  # train, val, test: the table reads in order
+
+
+def list_folders(base: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """`base` and every folder below it that holds split list files, sorted by relative path."""
+    skipped = {s.resolve() for s in skip}
+    found = []
+    for dirpath, dirnames, _ in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
+        if folder.resolve() not in skipped and split_lists(folder):
+            found.append(folder)
+    return sorted(found, key=lambda p: p.relative_to(base).as_posix())
+
+
+def fold_lists(base: Path, folders: Sequence[Path]) -> list[tuple[int | None, Path, dict[str, Path]]]:
+    """(fold, folder, {split: file}) per list folder: lists in `base` itself are one set without a fold;
+    otherwise each folder holding lists is one fold, numbered in sorted order. Train and test lists are
+    required (val is optional): a folder missing one is an error naming the file expected."""
+    if base in folders and len(folders) > 1:
+        raise NumclipError(f"{base} holds split lists and so do its sub-folders "
+                           f"({', '.join(str(f.relative_to(base)) for f in folders if f != base)}): "
+                           "keep either one set of lists or one folder per fold")
+    out: list[tuple[int | None, Path, dict[str, Path]]] = []
+    for i, folder in enumerate(folders):
+        lists = split_lists(folder)
+        for split in ("train", "test"):
+            if split not in lists:
+                raise NumclipError(f"list file not found: {folder / f'{split}.txt'} (each list folder needs "
+                                   "train and test lists; val is optional)")
+        out.append((None if folder == base else i, folder, lists))
+    return out
