@@ -48,6 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="every stage in order (what `dvc repro` runs), then compare")
     run.add_argument("--method", action="append", help="restrict to these methods (repeatable)")
 
+    p = sub.add_parser("import", help="read a licensed dataset's own layout (morph, adience, hci, "
+                       "aesthetics) into a table that data.source=table ingests")
+    p.add_argument("dataset", help="morph | adience | hci | aesthetics")
+    p.add_argument("root", help="the dataset folder you hold")
+    p.add_argument("--out", help="the table to write (default: data/imports/<dataset>/<dataset>.csv)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="an importer option, e.g. --option label_offset=0 --option num_ranks=101")
+
+    p = sub.add_parser("protocol", parents=[common], help="a protocol: folds x seeds x a params grid x "
+                       "methods, each run in its own folder, aggregated into mean +- std")
+    p.add_argument("--recipe", help="a recipe (recipes/*.yaml): the dataset's params, folds, seeds, methods "
+                   "and published numbers; --set and the options below override it")
+    p.add_argument("--name", help="the protocol's name (default: the recipe's, or 'protocol')")
+    p.add_argument("--method", action="append", help="method (repeatable; default: the recipe's, or all)")
+    p.add_argument("--folds", help="comma-separated folds, e.g. 0,1,2,3,4 (default: the recipe's, or none)")
+    p.add_argument("--seeds", help="comma-separated training seeds (default: the recipe's, or 0)")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a grid axis, e.g. --vary train.subset.shots=1,2,4 (values parsed as YAML)")
+    p.add_argument("--backbone", help="reuse this pretrained backbone file instead of pretraining per fold")
+    p.add_argument("--out", help="output folder (default: protocols/<name>)")
+    p.add_argument("--faithful-test-selection", action="store_true",
+                   help="choose checkpoints on the test split, as the released MORPH code did")
+    p.add_argument("--plot", metavar="KEY", help="draw test MAE against this --vary key (PNG in --out)")
+
     p = sub.add_parser("bench", parents=[common], help="micro-benchmarks of the fused kernels vs PyTorch")
     p.add_argument("--out", default="benchmarks/results", help="folder for the CSV and PNG")
     p.add_argument("--quick", action="store_true", default=None,
@@ -115,6 +139,32 @@ def cmd_counting(params: Params) -> None:
     run_counting(params)
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    import yaml
+
+    from numclip.importers import import_dataset
+
+    options = {}
+    for text in args.option:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise NumclipError(f"--option '{text}' must look like name=value")
+        options[name.strip()] = yaml.safe_load(value)
+    out = args.out or f"data/imports/{args.dataset}/{args.dataset}.csv"
+    report = import_dataset(args.dataset, args.root, out, **options)
+    print(report.summary())
+    print("use it with: " + " ".join(f"--set {k}={v}" for k, v in report.params().items()))
+
+
+def cmd_protocol(args: argparse.Namespace) -> None:
+    from numclip.protocols.runner import protocol_from_args, run_protocol, save_protocol_curve
+
+    params, protocol = protocol_from_args(args)
+    result = run_protocol(params, protocol)
+    if args.plot:
+        print(f"curve -> {save_protocol_curve(result['runs'], args.plot, protocol)}")
+
+
 def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     from numclip.models.backbone import resolve_device
     from numclip.predict import Predictor, collect_images, write_predictions
@@ -132,6 +182,12 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "protocol":  # its params come from the recipe, then --set
+            cmd_protocol(args)
+            return 0
+        if args.command == "import":  # reads no params
+            cmd_import(args)
+            return 0
         params = load_params(args.params, args.overrides)
         if getattr(args, "backbone", None) == "plain":
             params = params.with_plain_backbone()

@@ -72,6 +72,9 @@ class DataConfig(Section):
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
     verify_images: bool = True
     split: SplitConfig = SplitConfig()
+    fold: Optional[int] = Field(
+        None, description="with a fold column: rows of this fold are the test set (or, when they carry "
+        "their own splits, the only rows used); null: the data's own split")
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
@@ -179,6 +182,16 @@ class LearningRates(Section):
     head: float = Field(1e-3, ge=0)  # NumCLIP's image adapter and fine regressor
 
 
+class SubsetConfig(Section):
+    """The protocols' training subsets (methods.md section 8); val and test are never touched."""
+
+    kind: Optional[Literal["few_shot", "distribution_shift"]] = None
+    shots: int = Field(16, ge=1, description="few_shot: training images kept per label")
+    top_k: int = Field(10, ge=1, description="distribution_shift: how many of the most frequent labels")
+    keep_fraction: float = Field(0.2, gt=0, le=1, description="distribution_shift: share of their images kept")
+    seed: int = 0
+
+
 class TrainConfig(Section):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -189,6 +202,12 @@ class TrainConfig(Section):
     milestones: list[int] = [60]
     gamma: float = Field(0.1, gt=0, le=1)
     select_metric: Literal["mae_argmax", "mae_expectation", "accuracy"] = "mae_argmax"
+    select_split: Literal["val", "test"] = Field(
+        "val", description="the split the checkpoint is chosen on; test only with allow_test_selection")
+    allow_test_selection: bool = Field(
+        False, description="the released MORPH code selects on its test file: allowed only on request")
+    subset: SubsetConfig = SubsetConfig()
+    class_balanced: bool = Field(False, description="sample training images with weight 1/count(label)")
     hflip: bool = True
     seed: int = 0
     num_workers: int = Field(0, ge=0)
@@ -197,6 +216,14 @@ class TrainConfig(Section):
     runs_dir: str = "runs"
     metrics_dir: str = "metrics/train"
     plots_dir: str = "plots/training"  # per-epoch validation curves, CSV for `dvc plots`
+
+    @model_validator(mode="after")
+    def _test_selection_on_request(self) -> "TrainConfig":
+        if self.select_split == "test" and not self.allow_test_selection:
+            raise ValueError("select_split 'test' picks the checkpoint on the test set, which makes the "
+                             "test score optimistic; set train.allow_test_selection: true to reproduce "
+                             "code that did this")
+        return self
 
 
 class CountingLossConfig(Section):

@@ -3,12 +3,13 @@ on CUDA, checkpoint selection on the validation split, a progress bar and Tensor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -17,8 +18,8 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from numclip.atomic import write_csv, write_json
-from numclip.config import Params
-from numclip.data import ImageRankDataset
+from numclip.config import Params, SubsetConfig
+from numclip.data import ImageRankDataset, Manifest
 from numclip.errors import NumclipError
 from numclip.inference import autocast, collect_logits, metrics_from_logits
 from numclip.metrics import similarity_matrix
@@ -26,6 +27,7 @@ from numclip.models.backbone import create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.objective import training_loss
 from numclip.plots import similarity_figure
+from numclip.protocols.samplers import class_balanced_sampler, distribution_shift, few_shot
 from numclip.runtime import backbone_config, load_checked_manifest, seed_everything
 
 LOWER_IS_BETTER = {"mae_argmax": True, "mae_expectation": True, "accuracy": False}
@@ -43,6 +45,18 @@ class TrainResult:
 
 def model_path(params: Params, method: str) -> Path:
     return Path(params.train.models_dir) / f"{method}.safetensors"
+
+
+def training_subset(manifest: Manifest, cfg: SubsetConfig) -> tuple[Manifest, Optional[dict[str, Any]]]:
+    """The manifest with its train rows reduced by the protocol's sampler (val and test untouched),
+    and what the sampler did, for the run's record; unchanged when no subset is configured."""
+    if cfg.kind is None:
+        return manifest, None
+    if cfg.kind == "few_shot":
+        rows, report = few_shot(manifest.rows, cfg.shots, cfg.seed)
+    else:
+        rows, report = distribution_shift(manifest.rows, cfg.top_k, cfg.keep_fraction, cfg.seed)
+    return dataclasses.replace(manifest, rows=rows), report.as_dict()
 
 
 def make_optimizer(params: Params, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -89,10 +103,10 @@ def train(params: Params, method: str, log: Callable[[str], None] = print) -> Tr
     method_cfg = params.method(method)
     seed_everything(cfg.seed)
     device = resolve_device(params.model.device)
-    manifest = load_checked_manifest(params)
+    manifest, subset = training_subset(load_checked_manifest(params), cfg.subset)
     backbone = create_backbone(backbone_config(params), device)
     model = build_model(params, method, backbone)
-    val_set = ImageRankDataset(manifest, "val", backbone.preprocess)
+    val_set = ImageRankDataset(manifest, cfg.select_split, backbone.preprocess)
 
     run_dir = Path(cfg.runs_dir) / method
     shutil.rmtree(run_dir, ignore_errors=True)  # a re-run replaces its logs instead of mixing with them
@@ -126,6 +140,8 @@ def train(params: Params, method: str, log: Callable[[str], None] = print) -> Tr
     write_csv(Path(cfg.plots_dir) / f"{method}.csv", list(history[0]), [list(h.values()) for h in history])
     write_json(Path(cfg.metrics_dir) / f"{method}.json", {
         "method": method, "best_epoch": best_epoch, "select_metric": cfg.select_metric,
+        "select_split": cfg.select_split, "train_rows": len(manifest.split("train")),
+        "train_subset": subset, "class_balanced": cfg.class_balanced,
         "val": best_metrics, "history": history, "seconds": round(result.seconds, 1)})
     log(f"{method}: best epoch {best_epoch}, val MAE {best_metrics['mae_argmax']:.3f} (argmax) "
         f"{best_metrics['mae_expectation']:.3f} (expectation), accuracy {best_metrics['accuracy']:.3f}"
@@ -142,8 +158,14 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
         raise NumclipError(f"train.lr: every learning rate of method '{method}' is 0: nothing to train")
     augment = [transforms.RandomHorizontalFlip()] if cfg.hflip else []
     train_set = ImageRankDataset(manifest, "train", transforms.Compose([*augment, preprocess]))
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed), drop_last=len(train_set) > cfg.batch_size)
+    drop_last = len(train_set) > cfg.batch_size
+    if cfg.class_balanced:
+        sampler = class_balanced_sampler([r.label for r in train_set.rows], manifest.num_ranks, seed=cfg.seed)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            drop_last=drop_last)
+    else:
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed), drop_last=drop_last)
     steps_per_epoch = min(len(loader), cfg.max_steps_per_epoch or len(loader))
     optimizer = make_optimizer(params, groups)
     scheduler = make_scheduler(params, optimizer, steps_per_epoch)

@@ -105,6 +105,8 @@ def test_morph_malformed_lines_become_rejects(tmp_path):
         ("image/a_16.png", "0", "train", ""), ("image/e_50.png", "34", "train", ""),
         ("image/b_40.png", "24", "test", "")]
     assert report.rows + report.rejects == 7 + 2 and report.folds == []
+    assert report.notes == ["1 list paths found only after dropping leading folders "
+                            "(e.g. ../../datasets/Morph/image/e_50.png -> image/e_50.png)"]
     assert report.rejects_out == tmp_path / "out" / "morph.rejects.csv"
     assert _table(report.rejects_out)[2]["path"] == "image/d_30.png"
     _assert_ingests(report)
@@ -204,9 +206,10 @@ def test_adience_fold_files(tmp_path):
     assert report.num_ranks == 8 and report.folds == [0, 1, 2, 3, 4]
     assert all((root / r["path"]).is_file() for r in rows)
     _assert_ingests(report)
+    _png(root / "aligned/u0/landmark_aligned_face.1.img0.jpg")  # now both layouts hold face 1
+    assert _table(IMPORTERS["adience"](root, tmp_path / "a2.csv").out)[0]["path"].startswith("faces/")
     aligned_first = IMPORTERS["adience"](root, tmp_path / "a2.csv", prefer="aligned")
-    assert _table(aligned_first.out)[0]["path"] == "aligned/u0/landmark_aligned_face.1.img0.jpg" or \
-        not (root / "aligned/u0/landmark_aligned_face.1.img0.jpg").exists()
+    assert _table(aligned_first.out)[0]["path"] == "aligned/u0/landmark_aligned_face.1.img0.jpg"
 
 
 def test_adience_age_groups():

@@ -25,7 +25,7 @@ from numclip.data.manifest import (
     write_manifest,
 )
 from numclip.data.sources import read_source
-from numclip.data.splits import assign_splits
+from numclip.data.splits import assign_splits, select_fold
 from numclip.data.validate import Reject, validate
 from numclip.errors import NumclipError
 
@@ -82,6 +82,8 @@ def write_rejects(rejects: list[Reject], path: str | Path) -> None:
 
 def _read_parts(cfg: DataConfig) -> list[_Part]:
     candidates, images_root = read_source(cfg)
+    if cfg.fold is not None:
+        candidates = select_fold(candidates, cfg.fold)
     drops = read_drops(cfg.incoming)
     parts = [_Part(None, images_root, candidates)]
     parts += [_Part(d.name, d.folder, d.candidates) for d in drops]

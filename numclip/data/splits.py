@@ -13,7 +13,7 @@ from collections import defaultdict
 import numpy as np
 
 from numclip.config import SplitConfig
-from numclip.data.manifest import ManifestRow
+from numclip.data.manifest import Candidate, ManifestRow
 from numclip.errors import NumclipError
 
 MIN_PER_LABEL = 3  # a label with at least this many rows gets at least one row in every split
@@ -70,3 +70,32 @@ def assign_splits(rows: list[ManifestRow], cfg: SplitConfig) -> list[ManifestRow
         train = [i for i, r in enumerate(rows) if r.split == "train"]
         new = _stratified(rows, train, cfg.val / (cfg.train + cfg.val), 0.0, cfg.seed)
     return [dataclasses.replace(r, split=new[i]) if i in new else r for i, r in enumerate(rows)]
+
+
+def _fold_of(c: Candidate) -> int | None:
+    try:
+        return None if c.fold is None or str(c.fold).strip() == "" else int(float(str(c.fold)))
+    except ValueError:
+        return None  # validation rejects it with its reason
+
+
+def select_fold(candidates: list[Candidate], fold: int) -> list[Candidate]:
+    """The rows of one fold of a k-fold protocol (data.fold), before validation.
+
+    Rows of fold `fold` that carry their own split (an importer's per-fold lists: HCI's 10 splits,
+    Adience's test_fold_is_<f> lists) are the whole data of that fold. Otherwise fold `fold` is the
+    test set and every other fold is train, from which val is carved (Adience's official folds).
+    """
+    mine = [c for c in candidates if _fold_of(c) == fold]
+    if not mine:
+        folds = sorted({f for f in map(_fold_of, candidates) if f is not None})
+        raise NumclipError(f"data.fold {fold}: no row has fold {fold} (folds present: "
+                           f"{', '.join(map(str, folds)) or 'none: the source has no fold column'})")
+    if all(c.split for c in mine):
+        return mine
+    if any(c.split for c in mine):
+        raise NumclipError(f"data.fold {fold}: some rows of the fold have a split and some do not; give "
+                           "every row of a fold its split, or none")
+    others = [c for c in candidates if _fold_of(c) != fold]
+    return ([dataclasses.replace(c, split="test") for c in mine]
+            + [dataclasses.replace(c, split="train") for c in others])

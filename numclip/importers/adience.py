@@ -44,7 +44,6 @@ from numclip.importers.common import (
     dataset_root,
     first_existing,
     list_fields,
-    locate,
     read_lines,
     split_lists,
 )
@@ -146,5 +145,5 @@ def _read_fold_lists(col: Collector, folder: Path, fold: int) -> None:
         for src, text in read_lines(file):
             with col.line(src, text.split()[0]):
                 raw_path, label = list_fields(text)
-                col.add(src, locate(col.root, raw_path, prefixes=("aligned", "")), as_int(label, "label"),
+                col.add(src, col.find(raw_path, prefixes=("aligned", "")), as_int(label, "label"),
                         split=split, fold=fold)

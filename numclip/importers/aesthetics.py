@@ -47,12 +47,10 @@ from numclip.importers.common import (
     Row,
     as_int,
     as_number,
-    check_fields,
     dataset_root,
     fold_lists,
     list_fields,
     list_folders,
-    locate,
     median_grade,
     pick_column,
     read_csv_table,
@@ -138,7 +136,7 @@ def _read_list(col: Collector, file: Path, c: str, grades: bool, split: str, fol
         with col.line(src, text.split()[0]):
             raw_path, value = list_fields(text)
             label = _grade_label(value) if grades else as_int(value, "label")
-            path = locate(col.root, raw_path, _prefixes(c), add_extension=True)
+            path = col.find(raw_path, _prefixes(c), add_extension=True)
             col.add(src, path, label, split=split, fold=fold, group=c)
 
 
@@ -188,9 +186,10 @@ def _read_csv(col: Collector, path: Path, cats: list[str]) -> None:
     path_column = require_column(path, names, PATH_COLUMNS, "image")
     category_column = require_column(path, names, CATEGORY_COLUMNS, "category")
     label_of = _grade_reader(path, names)
-    for src, values in rows:
-        with col.line(src, values.get(path_column, "")):
-            check_fields(values, names)
+    for row in rows:
+        src = row.source_row
+        with col.line(src, row.values.get(path_column, "")):
+            values = row.checked(names)
             raw = values[category_column].strip()
             c = ALIASES.get(raw.lower(), raw.lower())
             if c not in CATEGORIES:
@@ -198,7 +197,7 @@ def _read_csv(col: Collector, path: Path, cats: list[str]) -> None:
             if c not in cats:
                 raise Bad(f"category {c} not imported (categories={','.join(cats)})")
             label = label_of(values)
-            col.add(src, locate(col.root, values[path_column], _prefixes(c), add_extension=True), label,
+            col.add(src, col.find(values[path_column], _prefixes(c), add_extension=True), label,
                     group=c)
 
 

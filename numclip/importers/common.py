@@ -102,6 +102,7 @@ class Collector:
         self.rejects: list[Reject] = []
         self.notes: list[str] = []
         self._seen: dict[tuple[int | None, str], str] = {}
+        self._dropped, self._dropped_example = 0, ""
 
     @contextmanager
     def line(self, source_row: str, path: str = "") -> Iterator[None]:
@@ -110,6 +111,15 @@ class Collector:
             yield
         except Bad as e:
             self.reject(source_row, str(e), e.path or path)
+
+    def find(self, raw: str, prefixes: Sequence[str] = ("",), add_extension: bool = False) -> str:
+        """`locate` under this root, noting (once, with an example) that lists needed folders dropped."""
+        rel, dropped = _locate(self.root, raw, prefixes, add_extension)
+        if dropped:
+            if not self._dropped:
+                self._dropped_example = f"{raw.strip()} -> {rel}"
+            self._dropped += 1
+        return rel
 
     def reject(self, source_row: str, reason: str, path: str = "") -> None:
         self.rejects.append(Reject(source_row, path, reason))
@@ -132,6 +142,9 @@ class Collector:
         """Write the table and its rejects file (always, so no stale rejects linger) and report."""
         out = Path(out)
         rejects_out = rejects_path(out)
+        if self._dropped:
+            self.notes.append(f"{self._dropped} list paths found only after dropping leading folders "
+                              f"(e.g. {self._dropped_example})")
         write_csv(out, TABLE_COLUMNS, ([r.path, r.label, r.split, "" if r.fold is None else r.fold,
                                         r.group, ""] for r in self.rows))
         write_csv(rejects_out, REJECT_COLUMNS, ([r.source_row, r.path, r.reason] for r in self.rejects))
@@ -185,19 +198,30 @@ def norm_column(name: str) -> str:
     return name.strip().lstrip("#").strip().lower()
 
 
-def read_csv_table(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
-    """Header (normalised names) and (`file:line`, {name: value}) per data row of a CSV/TSV.
+@dataclass(frozen=True)
+class CsvRow:
+    source_row: str
+    values: dict[str, str]  # by normalised column name; partial when the line is short
+    width: int  # fields found on the line
 
-    The delimiter is a tab for .tsv files or a header holding tabs, else a comma. A row whose field
-    count differs from the header's becomes a `(file:line, None)` entry, for the caller to reject.
+    def checked(self, header: Sequence[str]) -> dict[str, str]:
+        """The values, or a reject when the line's field count differs from the header's."""
+        if self.width != len(header):
+            raise Bad(f"{self.width} fields but the header has {len(header)}")
+        return self.values
+
+
+def read_csv_table(path: Path) -> tuple[list[str], list[CsvRow]]:
+    """Header (normalised names) and the data rows of a CSV/TSV; blank lines are not rows.
+
+    The delimiter is a tab for .tsv files or a header holding tabs, else a comma.
     """
     if not path.is_file():
         raise NumclipError(f"table not found: {path}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
+            tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in f.readline()
             f.seek(0)
-            tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in first
             reader = csv.reader(f, delimiter="\t" if tab else ",")
             header = next(reader, None)
             if not header or not any(h.strip() for h in header):
@@ -205,22 +229,14 @@ def read_csv_table(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str
             names = [norm_column(h) for h in header]
             rows, end = [], reader.line_num
             for fields in reader:
-                line, end = end + 1, reader.line_num
-                if not any(x.strip() for x in fields):
-                    continue
-                rows.append((f"{path}:{line}", dict(zip(names, fields)) if len(fields) == len(names)
-                             else {"__fields__": str(len(fields))}))
+                line, end = end + 1, reader.line_num  # a quoted field may span lines: report the first
+                if any(x.strip() for x in fields):
+                    rows.append(CsvRow(f"{path}:{line}", dict(zip(names, fields)), len(fields)))
     except UnicodeDecodeError as e:
         raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
     except csv.Error as e:
         raise NumclipError(f"{path}: not valid CSV: {e}") from None
     return names, rows
-
-
-def check_fields(values: dict[str, str], header: Sequence[str]) -> None:
-    """Reject a CSV row that `read_csv_table` found ragged."""
-    if "__fields__" in values:
-        raise Bad(f"{values['__fields__']} fields but the header has {len(header)}")
 
 
 def pick_column(names: Sequence[str], choices: Sequence[str]) -> str | None:
@@ -283,11 +299,17 @@ def locate(root: Path, raw: str, prefixes: Sequence[str] = ("",), add_extension:
     `..` never survives, so the result stays inside the root. With `add_extension`, a name without an
     image suffix (a Flickr id) is also tried with .jpg/.jpeg/.png.
     """
+    return _locate(root, raw, prefixes, add_extension)[0]
+
+
+def _locate(root: Path, raw: str, prefixes: Sequence[str], add_extension: bool) -> tuple[str, int]:
+    """(path, number of leading folders dropped to find it)."""
     text = raw.strip().replace("\\", "/")
     if not text:
         raise Bad("missing path")
     parts = [p for p in PurePosixPath(text).parts if p != "/"]
-    suffixes = [""] + ([".jpg", ".jpeg", ".png", ".JPG"] if add_extension and not has_image_suffix(text) else [])
+    extra = add_extension and not has_image_suffix(text)
+    suffixes = ["", ".jpg", ".jpeg", ".png"] if extra else [""]
     for start in range(len(parts)):
         tail = parts[start:]
         if ".." in tail:
@@ -296,7 +318,7 @@ def locate(root: Path, raw: str, prefixes: Sequence[str] = ("",), add_extension:
             for suffix in suffixes:
                 rel = posixpath.join(prefix, *tail) + suffix
                 if (root / rel).is_file():
-                    return rel
+                    return rel, start
     raise Bad("image not found under the dataset root", raw.strip())
 
 
@@ -342,14 +364,13 @@ def split_lists(folder: Path) -> dict[str, Path]:
     return {s: found[s] for s in SPLIT_ALIASES if s in found}  # train, val, test: the table reads in order
 
 
-def list_folders(base: Path, skip: Sequence[Path] = ()) -> list[Path]:
+def list_folders(base: Path) -> list[Path]:
     """`base` and every folder below it that holds split list files, sorted by relative path."""
-    skipped = {s.resolve() for s in skip}
     found = []
     for dirpath, dirnames, _ in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         folder = Path(dirpath)
-        if folder.resolve() not in skipped and split_lists(folder):
+        if split_lists(folder):
             found.append(folder)
     return sorted(found, key=lambda p: p.relative_to(base).as_posix())
 

@@ -34,12 +34,10 @@ from numclip.importers.common import (
     Collector,
     ImportReport,
     as_int,
-    check_fields,
     dataset_root,
     fold_lists,
     list_fields,
     list_folders,
-    locate,
     read_csv_table,
     read_lines,
     rejects_path,
@@ -99,15 +97,16 @@ def _read_lists(col: Collector, base: Path, folders: list[Path], label_offset: i
                 with col.line(src, text.split()[0]):
                     raw_path, age = list_fields(text, "<path> <age>")
                     label = _label(age, label_offset, col.num_ranks)
-                    col.add(src, locate(col.root, raw_path), label, split=split, fold=fold)
+                    col.add(src, col.find(raw_path), label, split=split, fold=fold)
 
 
 def _read_csv(col: Collector, path: Path, label_offset: int) -> None:
     names, rows = read_csv_table(path)
     age_column = require_column(path, names, ("age",), "age")
     path_column = require_column(path, names, PATH_COLUMNS, "image path")
-    for src, values in rows:
-        with col.line(src, values.get(path_column, "")):
-            check_fields(values, names)
+    for row in rows:
+        src = row.source_row
+        with col.line(src, row.values.get(path_column, "")):
+            values = row.checked(names)
             label = _label(values[age_column], label_offset, col.num_ranks)
-            col.add(src, locate(col.root, values[path_column]), label)
+            col.add(src, col.find(values[path_column]), label)

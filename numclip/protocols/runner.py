@@ -42,6 +42,7 @@ class Protocol:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     backbone: Optional[str] = None  # a pretrained backbone file to reuse instead of pretraining
     published: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> value
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> train./methods. keys
 
 
 def with_values(params: Params, values: dict[str, Any]) -> Params:
@@ -57,9 +58,16 @@ def _get(params: Params, dotted: str) -> Any:
     return node
 
 
+def _under(folder: Path, path: str) -> Path:
+    """`path` placed under `folder`; an absolute path keeps its parts below the root, so it too lands
+    inside `folder` and never overwrites the pipeline's own file."""
+    p = Path(path)
+    return folder / (p.relative_to(p.anchor) if p.is_absolute() else p)
+
+
 def moved(params: Params, keys: tuple[str, ...], folder: Path) -> Params:
     """`params` with the output paths `keys` placed under `folder` (their relative layout kept)."""
-    return with_values(params, {k: str(folder / _get(params, k)) for k in keys})
+    return with_values(params, {k: str(_under(folder, _get(params, k))) for k in keys})
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -67,9 +75,14 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
+def point_text(point: dict[str, Any]) -> str:
+    """'shots=4, kind=few_shot': each grid key by its last part."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
+
+
 def point_name(point: dict[str, Any], seed: int) -> str:
-    parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items()] + [f"seed={seed}"]
-    return ",".join(parts)
+    """A run's folder name: the grid point and the seed."""
+    return point_text({**point, "seed": seed}).replace(", ", ",")
 
 
 def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -83,7 +96,8 @@ def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] 
         params.method(method)
     points = grid_points(protocol.grid)
     for point in points:  # a bad key or value fails before any run
-        with_values(params, point)
+        for method in protocol.methods:
+            with_values(params, {**point, **protocol.method_params.get(method, {})})
     runs: list[dict[str, Any]] = []
     for fold in protocol.folds:
         fold_dir = protocol.out_dir / ("all" if fold is None else f"fold{fold}")
@@ -100,11 +114,12 @@ def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] 
             run_dir = fold_dir / point_name(point, seed)
             run_params = moved(with_values(fold_params, {**point, "train.seed": seed}), OUTPUT_PATHS[5:], run_dir)
             for method in protocol.methods:
-                train(run_params, method, log=log)
-                result = evaluate(run_params, method, log=log)
+                method_params = with_values(run_params, protocol.method_params.get(method, {}))
+                train(method_params, method, log=log)
+                result = evaluate(method_params, method, log=log)
                 runs.append({"fold": fold, "seed": seed, "method": method, "point": point,
                              "metrics": {m: result["test"].get(m) for m in METRICS},
-                             "record": str(metrics_path(run_params, method))})
+                             "record": str(metrics_path(method_params, method))})
     return _write(protocol, runs, log)
 
 
@@ -112,7 +127,7 @@ def run_label(run: dict[str, Any]) -> str:
     """The row a run is aggregated into: the method, and the grid point when there is one."""
     if not run["point"]:
         return run["method"]
-    return f"{run['method']} ({', '.join(f'{k.rsplit('.', 1)[-1]}={v}' for k, v in run['point'].items())})"
+    return f"{run['method']} ({point_text(run['point'])})"
 
 
 def _write(protocol: Protocol, runs: list[dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
@@ -126,3 +141,55 @@ def _write(protocol: Protocol, runs: list[dict[str, Any]], log: Callable[[str], 
     log(paths["markdown"].read_text(encoding="utf-8").rstrip("\n"))
     log(f"protocol {protocol.name}: {len(runs)} runs -> {protocol.out_dir}")
     return {"runs": runs, "aggregate": agg, "paths": paths}
+
+
+def _int_list(text: Optional[str], what: str) -> Optional[list[Optional[int]]]:
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "null", ""):
+        return [None]
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise NumclipError(f"--{what} takes comma-separated integers, e.g. 0,1,2; got '{text}'") from None
+
+
+def _grid(axes: list[str]) -> dict[str, list[Any]]:
+    import yaml
+    grid = {}
+    for axis in axes:
+        key, sep, values = axis.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise NumclipError(f"--vary '{axis}' must look like section.key=v1,v2,...")
+        grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    return grid
+
+
+def protocol_from_args(args: Any) -> tuple[Params, Protocol]:
+    """`numclip protocol`'s options (and its recipe) -> validated params and the protocol to run."""
+    from numclip.config import load_params
+    from numclip.protocols.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    preset = [f"{k}={json.dumps(v)}" for k, v in (recipe.params if recipe else {}).items()]
+    if args.faithful_test_selection:
+        preset += ["train.select_split=test", "train.allow_test_selection=true"]
+    params = load_params(args.params, preset + list(args.overrides))
+    name = args.name or (recipe.name if recipe else "protocol")
+    methods = args.method or (list(recipe.methods) if recipe else list(params.methods))
+    protocol = Protocol(
+        name=name, methods=methods, out_dir=Path(args.out or Path("protocols") / name),
+        folds=_int_list(args.folds, "folds") or (recipe.folds if recipe else [None]),
+        seeds=_int_list(args.seeds, "seeds") or (recipe.seeds if recipe else [0]),
+        grid=_grid(args.vary), backbone=args.backbone,
+        published=recipe.published() if recipe else {},
+        method_params=recipe.method_params() if recipe else {})
+    if args.plot and args.plot not in protocol.grid:
+        raise NumclipError(f"--plot {args.plot}: not one of the --vary keys ({', '.join(protocol.grid) or 'none'})")
+    return params, protocol
+
+
+def save_protocol_curve(runs: list[dict[str, Any]], key: str, protocol: Protocol) -> Path:
+    from numclip.protocols.curves import save_curve
+    return save_curve(runs, key, "mae_argmax", protocol.out_dir / f"{key.rsplit('.', 1)[-1]}.png",
+                      f"{protocol.name}: test MAE vs {key}")
