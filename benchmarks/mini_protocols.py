@@ -3,8 +3,9 @@
     python benchmarks/mini_protocols.py [--methods coop ordinalclip numclip_faithful] [--seeds 0]
 
 Needs the pipeline's backbone (`dvc repro pretrain` or `numclip pretrain`): it plays the pretrained
-CLIP that the papers fine-tune from. Writes benchmarks/results/{few_shot,distribution_shift}/ (runs,
-results, protocol.json) and the curves few_shot.png and distribution_shift.png. The embedded data has
+CLIP that the papers fine-tune from. The runs (models included) go to protocols/mini/ (git-ignored);
+the tables (runs.csv, results.csv, results.md) and the curves few_shot.png and distribution_shift.png
+are copied to benchmarks/results/mini_protocols/. The embedded data has
 10 ranks of about 210 training images each, so the shift protocol reduces the top 3 and 6 ranks
 (the papers' MORPH runs reduce the top 10..40 of 62 ages).
 """
@@ -12,6 +13,7 @@ results, protocol.json) and the curves few_shot.png and distribution_shift.png. 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from numclip.config import load_params
 from numclip.protocols.curves import save_curve
 from numclip.protocols.runner import Protocol, run_protocol, with_values
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "mini_protocols"
+TABLES = ("runs.csv", "results.csv", "results.md")
 SHOTS = [1, 2, 4, 8, 16, 32, 64]
 SHIFT = [(3, 0.2), (3, 0.1), (6, 0.2), (6, 0.1)]  # (top_k, keep_fraction): "3-80" … "6-90"
 
@@ -30,14 +33,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=4, help="training epochs per run (4)")
     parser.add_argument("--backbone", default="models/backbone.safetensors")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=Path("protocols/mini"), help="where the runs go")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the tables and curves go")
     args = parser.parse_args()
 
     params = with_values(load_params("params.yaml"), {"train.epochs": args.epochs})
     start = time.time()
     few = run_protocol(params, Protocol(
-        name="few_shot", methods=args.methods, out_dir=args.out / "few_shot", seeds=args.seeds,
+        name="few_shot", methods=args.methods, out_dir=args.work / "few_shot", seeds=args.seeds,
         grid={"train.subset.kind": ["few_shot"], "train.subset.shots": SHOTS}, backbone=args.backbone))
+    args.out.mkdir(parents=True, exist_ok=True)
     save_curve(few["runs"], "train.subset.shots", "mae_argmax", args.out / "few_shot.png",
                "Few-shot on the embedded data: test MAE vs training images per rank")
 
@@ -45,13 +50,18 @@ def main() -> None:
     for top_k, keep in SHIFT:
         shift = run_protocol(params, Protocol(
             name=f"shift_{top_k}_{keep}", methods=args.methods, seeds=args.seeds,
-            out_dir=args.out / "distribution_shift" / f"top{top_k}_keep{keep}", backbone=args.backbone,
+            out_dir=args.work / "distribution_shift" / f"top{top_k}_keep{keep}", backbone=args.backbone,
             grid={"train.subset.kind": ["distribution_shift"], "train.subset.top_k": [top_k],
                   "train.subset.keep_fraction": [keep]}))
         shift_runs += [{**r, "point": {"setting": f"{top_k}-{round((1 - keep) * 100)}"}} for r in shift["runs"]]
     save_curve(shift_runs, "setting", "mae_argmax", args.out / "distribution_shift.png",
                "Distribution shift: test MAE (top-k ranks reduced - % of their images removed)",
                log_x=False)
+    for run_dir in [args.work / "few_shot", *sorted((args.work / "distribution_shift").iterdir())]:
+        for name in TABLES:
+            target = args.out / run_dir.relative_to(args.work) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / name, target)
     print(f"mini-protocols done in {time.time() - start:.0f} s -> {args.out}")
 
 
