@@ -13,6 +13,7 @@ are copied to benchmarks/results/mini_protocols/. The embedded data has
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,40 @@ SHOTS = [1, 2, 4, 8, 16, 32, 64]
 SHIFT = [(3, 0.2), (3, 0.1), (6, 0.2), (6, 0.1)]  # (top_k, keep_fraction): "3-80" … "6-90"
 
 
+def run(args: argparse.Namespace) -> None:
+    params = with_values(load_params("params.yaml"), {"train.epochs": args.epochs})
+    run_protocol(params, Protocol(
+        name="few_shot", methods=args.methods, out_dir=args.work / "few_shot", seeds=args.seeds,
+        grid={"train.subset.kind": ["few_shot"], "train.subset.shots": SHOTS}, backbone=args.backbone))
+    for top_k, keep in SHIFT:
+        run_protocol(params, Protocol(
+            name=f"shift_{top_k}_{keep}", methods=args.methods, seeds=args.seeds,
+            out_dir=args.work / "distribution_shift" / f"top{top_k}_keep{keep}", backbone=args.backbone,
+            grid={"train.subset.kind": ["distribution_shift"], "train.subset.top_k": [top_k],
+                  "train.subset.keep_fraction": [keep]}))
+
+
+def _runs(folder: Path) -> list[dict]:
+    return json.loads((folder / "protocol.json").read_text(encoding="utf-8"))["runs"]
+
+
+def draw(work: Path, out: Path) -> None:
+    """The curves and tables from the runs' records (protocol.json), so they can be redrawn."""
+    save_curve(_runs(work / "few_shot"), "train.subset.shots", "mae_argmax", out / "few_shot.png",
+               "Few-shot, embedded data: test MAE vs images per rank")
+    shift_runs = []
+    for top_k, keep in SHIFT:
+        shift_runs += [{**r, "point": {"setting": f"{top_k}-{round((1 - keep) * 100)}"}}
+                       for r in _runs(work / "distribution_shift" / f"top{top_k}_keep{keep}")]
+    save_curve(shift_runs, "setting", "mae_argmax", out / "distribution_shift.png",
+               "Distribution shift, embedded data: test MAE", log_x=False)
+    for run_dir in [work / "few_shot", *sorted((work / "distribution_shift").iterdir())]:
+        for name in TABLES:
+            target = out / run_dir.relative_to(work) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / name, target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "ordinalclip", "numclip_faithful"])
@@ -35,33 +70,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="models/backbone.safetensors")
     parser.add_argument("--work", type=Path, default=Path("protocols/mini"), help="where the runs go")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the tables and curves go")
+    parser.add_argument("--draw-only", action="store_true", help="redraw from the runs already in --work")
     args = parser.parse_args()
-
-    params = with_values(load_params("params.yaml"), {"train.epochs": args.epochs})
     start = time.time()
-    few = run_protocol(params, Protocol(
-        name="few_shot", methods=args.methods, out_dir=args.work / "few_shot", seeds=args.seeds,
-        grid={"train.subset.kind": ["few_shot"], "train.subset.shots": SHOTS}, backbone=args.backbone))
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_curve(few["runs"], "train.subset.shots", "mae_argmax", args.out / "few_shot.png",
-               "Few-shot on the embedded data: test MAE vs training images per rank")
-
-    shift_runs = []
-    for top_k, keep in SHIFT:
-        shift = run_protocol(params, Protocol(
-            name=f"shift_{top_k}_{keep}", methods=args.methods, seeds=args.seeds,
-            out_dir=args.work / "distribution_shift" / f"top{top_k}_keep{keep}", backbone=args.backbone,
-            grid={"train.subset.kind": ["distribution_shift"], "train.subset.top_k": [top_k],
-                  "train.subset.keep_fraction": [keep]}))
-        shift_runs += [{**r, "point": {"setting": f"{top_k}-{round((1 - keep) * 100)}"}} for r in shift["runs"]]
-    save_curve(shift_runs, "setting", "mae_argmax", args.out / "distribution_shift.png",
-               "Distribution shift: test MAE (top-k ranks reduced - % of their images removed)",
-               log_x=False)
-    for run_dir in [args.work / "few_shot", *sorted((args.work / "distribution_shift").iterdir())]:
-        for name in TABLES:
-            target = args.out / run_dir.relative_to(args.work) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / name, target)
+    if not args.draw_only:
+        run(args)
+    draw(args.work, args.out)
     print(f"mini-protocols done in {time.time() - start:.0f} s -> {args.out}")
 
 
