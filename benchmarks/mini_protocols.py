@@ -3,7 +3,8 @@
     python benchmarks/mini_protocols.py [--methods coop ordinalclip numclip_faithful] [--seeds 0]
 
 Needs the pipeline's backbone (`dvc repro pretrain` or `numclip pretrain`): it plays the pretrained
-CLIP that the papers fine-tune from. The runs (models included) go to protocols/mini/ (git-ignored);
+CLIP that the papers fine-tune from. A reference run trains on all training images for the same
+number of epochs. The runs (models included) go to protocols/mini/ (git-ignored);
 the tables (runs.csv, results.csv, results.md) and the curves few_shot.png and distribution_shift.png
 are copied to benchmarks/results/mini_protocols/. The embedded data has
 10 ranks of about 210 training images each, so the shift protocol reduces the top 3 and 6 ranks
@@ -30,6 +31,9 @@ SHIFT = [(3, 0.2), (3, 0.1), (6, 0.2), (6, 0.1)]  # (top_k, keep_fraction): "3-8
 
 def run(args: argparse.Namespace) -> None:
     params = with_values(load_params("params.yaml"), {"train.epochs": args.epochs})
+    run_protocol(params, Protocol(  # the reference: all training images, the same epochs
+        name="full", methods=[m for m in args.methods if m != "zeroshot"], out_dir=args.work / "full",
+        seeds=args.seeds, backbone=args.backbone))
     run_protocol(params, Protocol(
         name="few_shot", methods=args.methods, out_dir=args.work / "few_shot", seeds=args.seeds,
         grid={"train.subset.kind": ["few_shot"], "train.subset.shots": SHOTS}, backbone=args.backbone))
@@ -55,7 +59,7 @@ def draw(work: Path, out: Path) -> None:
                        for r in _runs(work / "distribution_shift" / f"top{top_k}_keep{keep}")]
     save_curve(shift_runs, "setting", "mae_argmax", out / "distribution_shift.png",
                "Distribution shift, embedded data: test MAE", log_x=False)
-    for run_dir in [work / "few_shot", *sorted((work / "distribution_shift").iterdir())]:
+    for run_dir in [work / "full", work / "few_shot", *sorted((work / "distribution_shift").iterdir())]:
         for name in TABLES:
             target = out / run_dir.relative_to(work) / name
             target.parent.mkdir(parents=True, exist_ok=True)

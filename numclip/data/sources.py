@@ -19,7 +19,7 @@ from numclip.data.manifest import SPLITS, Candidate
 from numclip.data.synthetic import generate_synthetic
 from numclip.errors import NumclipError
 
-__all__ = ["Candidate", "read_table", "read_folder", "read_listfile", "read_source"]
+__all__ = ["Candidate", "read_table", "read_folder", "read_lines", "read_listfile", "read_source"]
 
 REQUIRED_COLUMNS = ("path", "label")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -139,22 +139,26 @@ def read_folder(root: str | os.PathLike) -> list[Candidate]:
     return out
 
 
-def read_listfile(path: str | os.PathLike, split: str | None = None) -> list[Candidate]:
-    """OrdinalCLIP lists: `relative/path.jpg <rank> [<more labels>…]` per line; `#` comments allowed."""
-    path = Path(path)
+def read_lines(path: Path, comments: bool = True) -> list[tuple[str, str]]:
+    """(`file:line`, text) for each non-blank line (and, with `comments`, not a `#` comment): list
+    files of every layout, read one way, so every reject can name its line."""
     if not path.is_file():
         raise NumclipError(f"list file not found: {path}")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
+    return [(f"{path}:{n}", text) for n, text in enumerate(lines, start=1)
+            if text.strip() and not (comments and text.lstrip().startswith("#"))]
+
+
+def read_listfile(path: str | os.PathLike, split: str | None = None) -> list[Candidate]:
+    """OrdinalCLIP lists: `relative/path.jpg <rank> [<more labels>…]` per line; `#` comments allowed."""
     out = []
-    for number, line in enumerate(lines, start=1):
+    for where, line in read_lines(Path(path)):
         parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
         out.append(Candidate(path=parts[0], label=parts[1] if len(parts) > 1 else None,
-                             split=split, source_row=f"{path}:{number}"))
+                             split=split, source_row=where))
     return out
 
 

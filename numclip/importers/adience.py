@@ -35,6 +35,7 @@ import os
 import re
 from pathlib import Path
 
+from numclip.data.sources import read_lines
 from numclip.errors import NumclipError
 from numclip.importers.common import (
     Bad,
@@ -44,7 +45,6 @@ from numclip.importers.common import (
     dataset_root,
     first_existing,
     list_fields,
-    read_lines,
     split_lists,
 )
 

@@ -39,6 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from numclip.data.sources import read_lines
 from numclip.errors import NumclipError
 from numclip.importers.common import (
     Bad,
@@ -54,7 +55,6 @@ from numclip.importers.common import (
     median_grade,
     pick_column,
     read_csv_table,
-    read_lines,
     rejects_path,
     require_column,
     round_half_up,

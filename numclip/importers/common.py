@@ -181,18 +181,6 @@ def dataset_root(root: str | os.PathLike) -> Path:
     return root
 
 
-def read_lines(path: Path, comments: bool = True) -> list[tuple[str, str]]:
-    """(`file:line`, text) for each non-blank line (and, with `comments`, not a `#` comment)."""
-    if not path.is_file():
-        raise NumclipError(f"list file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
-    return [(f"{path}:{n}", text) for n, text in enumerate(lines, start=1)
-            if text.strip() and not (comments and text.lstrip().startswith("#"))]
-
-
 def norm_column(name: str) -> str:
     """Header names compare case-insensitively, without a leading `#` (the Aesthetics TSV has one)."""
     return name.strip().lstrip("#").strip().lower()

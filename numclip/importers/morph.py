@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from numclip.data.sources import read_lines
 from numclip.errors import NumclipError
 from numclip.importers.common import (
     Bad,
@@ -39,7 +40,6 @@ from numclip.importers.common import (
     list_fields,
     list_folders,
     read_csv_table,
-    read_lines,
     rejects_path,
     require_column,
 )
