@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import yaml
+
 from numclip.atomic import write_json
 from numclip.config import Params, apply_overrides
 from numclip.errors import NumclipError
 from numclip.protocols.aggregate import aggregate, write_results
 
 METRICS = ("mae_argmax", "mae_expectation", "accuracy")
-OUTPUT_PATHS = (  # every params key a stage writes to: redirected into the run's folder
-    "data.manifest", "data.rejects", "data.synthetic.output_dir", "pretrain.output", "pretrain.metrics",
-    "prototypes.output", "prototypes.metrics", "train.models_dir", "train.runs_dir", "train.metrics_dir",
-    "train.plots_dir", "evaluate.metrics_dir", "evaluate.comparison", "evaluate.plots_dir",
-    "evaluate.figures_dir", "evaluate.heads_dir")
-DATA_PATHS = OUTPUT_PATHS[:3]
-BACKBONE_PATHS = OUTPUT_PATHS[3:5]
+# Every params key a stage writes to, moved under the protocol's folder: the data and the backbone
+# once per fold, the rest once per run.
+DATA_PATHS = ("data.manifest", "data.rejects", "data.synthetic.output_dir")
+BACKBONE_PATHS = ("pretrain.output", "pretrain.metrics")
+RUN_PATHS = ("prototypes.output", "prototypes.metrics", "train.models_dir", "train.runs_dir",
+             "train.metrics_dir", "train.plots_dir", "evaluate.metrics_dir", "evaluate.comparison",
+             "evaluate.plots_dir", "evaluate.figures_dir", "evaluate.heads_dir")
 
 
 @dataclass
@@ -112,7 +114,7 @@ def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] 
             pretrain(fold_params, log=log)
         for point, seed in itertools.product(points, protocol.seeds):
             run_dir = fold_dir / point_name(point, seed)
-            run_params = moved(with_values(fold_params, {**point, "train.seed": seed}), OUTPUT_PATHS[5:], run_dir)
+            run_params = moved(with_values(fold_params, {**point, "train.seed": seed}), RUN_PATHS, run_dir)
             for method in protocol.methods:
                 method_params = with_values(run_params, protocol.method_params.get(method, {}))
                 train(method_params, method, log=log)
@@ -155,7 +157,6 @@ def _int_list(text: Optional[str], what: str) -> Optional[list[Optional[int]]]:
 
 
 def _grid(axes: list[str]) -> dict[str, list[Any]]:
-    import yaml
     grid = {}
     for axis in axes:
         key, sep, values = axis.partition("=")
