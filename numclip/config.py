@@ -320,6 +320,12 @@ class Params(Section):
             raise ValueError("at least one method is needed")
         return v
 
+    @model_validator(mode="after")
+    def _rank_words_fit(self) -> "Params":
+        """A word file with the wrong line count fails when the params load, not after pretraining."""
+        self.rank_words()
+        return self
+
     def with_plain_backbone(self) -> "Params":
         """These params for the counting comparison's baseline: the plain CLIP loss in pretraining,
         and the backbone, models and training records under plain_backbone's paths."""

@@ -65,11 +65,18 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _printable(text: str) -> str:
+    """Text that encodes as UTF-8: undecodable file-name bytes shown as escapes (\\xff)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _relative_path(raw: str, root_abs: str, root_real: str) -> str:
     """POSIX path relative to the images root (backslashes read as separators)."""
     p = raw.strip().replace("\\", "/")
     if not p:
         raise _Rejected("missing path")
+    if _printable(p) != p:  # a file name whose bytes are not UTF-8 (os.fsdecode's surrogates)
+        raise _Rejected("path is not valid UTF-8; rename the file")
     if os.path.isabs(p):
         p = os.path.normpath(p)
         base = next((b for b in (root_abs, root_real) if _inside(p, b)), None)
@@ -143,6 +150,6 @@ def validate(candidates: list[Candidate], images_root: str | os.PathLike, num_ra
             rows.append(_check(c, ctx, num_ranks, verify_images))
         except _Rejected as r:
             label = "" if c.label is None else str(c.label)
-            rejects.append(Reject(source_row=c.source_row, path=str(c.path or ""), label=label,
-                                  reason=str(r)))
+            rejects.append(Reject(source_row=_printable(c.source_row), path=_printable(str(c.path or "")),
+                                  label=_printable(label), reason=str(r)))
     return rows, rejects
