@@ -406,18 +406,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def set_value(raw: dict, keys: list[str], value: Any, shown: str) -> None:
+    """raw[k1][k2]... = value, creating missing sections; `shown` names the key in errors."""
+    node = raw
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise NumclipError(f"override '{shown}': '{k}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
-        node = raw
-        for k in keys[:-1]:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise NumclipError(f"override '{text}': '{k}' is not a section")
-            node = child
-        node[keys[-1]] = value
+        set_value(raw, keys, value, text)
     return raw
 
 

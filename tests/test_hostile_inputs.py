@@ -54,24 +54,12 @@ def _huge_dimensions(root):
     return "bad.png", "1"
 
 
-def _label_text(root):
-    _png(root / "bad.png")
-    return "bad.png", "three"
-
-
-def _label_nan(root):
-    _png(root / "bad.png")
-    return "bad.png", "nan"
-
-
-def _label_inf(root):
-    _png(root / "bad.png")
-    return "bad.png", "inf"
-
-
-def _label_negative(root):
-    _png(root / "bad.png")
-    return "bad.png", "-1"
+def _label(value):
+    """A readable image whose label is `value`."""
+    def make(root):
+        _png(root / "bad.png")
+        return "bad.png", value
+    return make
 
 
 def _escapes_root(root):
@@ -89,10 +77,10 @@ BAD_ROWS = {  # kind -> (make the bad row, words of the expected reject reason)
     "zero-byte image": (_zero_bytes, "image"),
     "not an image": (_not_an_image, "image"),
     "huge dimensions": (_huge_dimensions, "image"),
-    "label as text": (_label_text, "label"),
-    "NaN label": (_label_nan, "label"),
-    "inf label": (_label_inf, "label"),
-    "negative label": (_label_negative, "label"),
+    "label as text": (_label("three"), "label"),
+    "NaN label": (_label("nan"), "label"),
+    "inf label": (_label("inf"), "label"),
+    "negative label": (_label("-1"), "label"),
     "path escaping the data root": (_escapes_root, "escapes"),
     "absolute path outside the root": (_absolute_outside, "escapes"),
 }

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from numclip.atomic import write_json
-from numclip.config import Params, apply_overrides
+from numclip.config import Params, set_value
 from numclip.errors import NumclipError
 from numclip.protocols.aggregate import aggregate, write_results
 
@@ -49,7 +49,9 @@ class Protocol:
 
 def with_values(params: Params, values: dict[str, Any]) -> Params:
     """`params` with dotted keys set (validated like any params file)."""
-    raw = apply_overrides(params.model_dump(), [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    raw = params.model_dump()
+    for key, value in values.items():
+        set_value(raw, key.split("."), value, key)
     return Params.model_validate(raw)
 
 
