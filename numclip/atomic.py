@@ -14,7 +14,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    The temporary file is fsynced before the rename, so a power cut cannot leave a renamed target
+    whose data never reached the disk. A killed process may leave a hidden `.name.*.tmp` beside it.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -22,11 +26,21 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600 files
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush `path`'s data to disk; writers get only a path (savefig, write_table), so reopen it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

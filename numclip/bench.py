@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from numclip.atomic import write_csv
+from numclip.atomic import atomic_path, write_csv
 from numclip.kernels import cosine_logits, ranking_weighted_cross_entropy
 from numclip.kernels.dispatch import triton_available
 from numclip.kernels.released import released_ce_dis_loss
@@ -175,7 +175,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in axes[len(cases):]:
         ax.set_visible(False)
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:  # the temporary's suffix is not .png: name the format
+        fig.savefig(tmp, format="png", dpi=90)
 
 
 def _triton_version() -> str:

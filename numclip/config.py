@@ -209,6 +209,9 @@ class TrainConfig(Section):
     subset: SubsetConfig = SubsetConfig()
     class_balanced: bool = Field(False, description="sample training images with weight 1/count(label)")
     hflip: bool = True
+    freeze_batchnorm: bool = Field(
+        False, description="BatchNorm layers normalise with their running statistics and do not update "
+        "them: for small per-process batches, and multi-process runs on CPU that match one process")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
@@ -216,6 +219,9 @@ class TrainConfig(Section):
     runs_dir: str = "runs"
     metrics_dir: str = "metrics/train"
     plots_dir: str = "plots/training"  # per-epoch validation curves, CSV for `dvc plots`
+    checkpoints_dir: str = Field("checkpoints", description="resumable training state, removed once a run ends")
+    checkpoint_every_steps: Optional[int] = Field(
+        100, ge=1, description="also save the training state every N steps (always at each epoch's end)")
 
     @model_validator(mode="after")
     def _test_selection_on_request(self) -> "TrainConfig":
@@ -265,6 +271,7 @@ class PlainBackboneConfig(Section):
     runs_dir: str = "runs/plain"
     metrics_dir: str = "metrics/plain/train"
     plots_dir: str = "plots/plain/training"
+    checkpoints_dir: str = "checkpoints/plain"
 
 
 class CountingEvalConfig(Section):
@@ -335,6 +342,7 @@ class Params(Section):
         plain.pretrain.output, plain.pretrain.metrics = b.pretrain_output, b.pretrain_metrics
         plain.train.models_dir, plain.train.runs_dir = b.models_dir, b.runs_dir
         plain.train.metrics_dir, plain.train.plots_dir = b.metrics_dir, b.plots_dir
+        plain.train.checkpoints_dir = b.checkpoints_dir
         return plain
 
     def method(self, name: str) -> MethodConfig:

@@ -33,7 +33,7 @@ from numclip.models.backbone import Backbone, create_backbone, resolve_device, s
 from numclip.models.ordinal import RankPromptModel
 from numclip.models.prompts import build_prompt_learner
 from numclip.models.text import TextTower
-from numclip.runtime import load_checked_manifest, seed_everything
+from numclip.runtime import load_checked_manifest, run_record, seed_everything
 from numclip.train import cosine_schedule
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps its temperature the same way
@@ -91,6 +91,7 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
         m = metrics_from_logits(model, logits, targets)
         result[f"zero_shot_{split}"] = {k: m[k] for k in ("accuracy", "mae_argmax", "mae_expectation", "off_by_one")}
     result["chance_accuracy"] = 1.0 / model.num_ranks
+    result["run"] = run_record(cfg.seed, device)
     result["seconds"] = round(time.time() - start, 1)
     write_json(cfg.metrics, result)
     test = result["zero_shot_test"]

@@ -1,5 +1,6 @@
 """The training loop: per-group learning rates, AdamW/RAdam, cosine/multi-step schedule, bf16 autocast
-on CUDA, checkpoint selection on the validation split, a progress bar and TensorBoard logging."""
+on CUDA, checkpoint selection on the validation split, a progress bar and TensorBoard logging;
+resumable after a kill (numclip.resume) and data-parallel under torchrun (numclip.distributed)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
-from torchvision import transforms
 from tqdm import tqdm
 
 from numclip.atomic import write_csv, write_json
 from numclip.config import Params, SubsetConfig
 from numclip.data import ImageRankDataset, Manifest
+from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
+from numclip.distributed import Dist, init_distributed
 from numclip.errors import NumclipError
 from numclip.inference import autocast, collect_logits, metrics_from_logits
 from numclip.metrics import similarity_matrix
@@ -27,8 +31,9 @@ from numclip.models.backbone import create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.objective import training_loss
 from numclip.plots import similarity_figure
-from numclip.protocols.samplers import class_balanced_sampler, distribution_shift, few_shot
-from numclip.runtime import backbone_config, load_checked_manifest, seed_everything
+from numclip.protocols.samplers import class_balanced_weights, distribution_shift, few_shot
+from numclip.resume import Checkpoints, ResumeMode, TrainState
+from numclip.runtime import backbone_config, load_checked_manifest, run_record, seed_everything
 
 LOWER_IS_BETTER = {"mae_argmax": True, "mae_expectation": True, "accuracy": False}
 
@@ -96,114 +101,213 @@ def _is_better(metric: str, value: float, best: float | None) -> bool:
     return value < best if LOWER_IS_BETTER[metric] else value > best
 
 
-def train(params: Params, method: str, log: Callable[[str], None] = print) -> TrainResult:
-    """Train `method` on the manifest's train split, select on val, save the best model."""
+def train(params: Params, method: str, log: Callable[[str], None] = print,
+          resume: ResumeMode = "never") -> TrainResult:
+    """Train `method` on the manifest's train split, select on val, save the best model.
+
+    Under torchrun every process runs this; rank 0 alone writes files and logs. `resume` (see
+    numclip.resume): "never" starts afresh; "explicit" continues from a checkpoint if there is one and
+    refuses one of another configuration; "auto" (the DVC stage) starts afresh instead of refusing.
+    """
     start = time.time()
     cfg = params.train
     method_cfg = params.method(method)
     seed_everything(cfg.seed)
     device = resolve_device(params.model.device)
+    ctx = init_distributed(device)
+    device = ctx.device(device)
     manifest, subset = training_subset(load_checked_manifest(params), cfg.subset)
     backbone = create_backbone(backbone_config(params), device)
     model = build_model(params, method, backbone)
     val_set = ImageRankDataset(manifest, cfg.select_split, backbone.preprocess)
+    out_path = model_path(params, method)
+    say = log if ctx.is_main else _quiet
+    trained = method_cfg.learner != "fixed"
+    checkpoints = Checkpoints(params, method) if trained else None
+    state = checkpoints.start(resume, say) if checkpoints else TrainState()
 
     run_dir = Path(cfg.runs_dir) / method
-    shutil.rmtree(run_dir, ignore_errors=True)  # a re-run replaces its logs instead of mixing with them
-    writer = SummaryWriter(str(run_dir))
-    out_path = model_path(params, method)
-    history: list[dict[str, Any]] = []
+    writer = _run_log(run_dir, state, ctx)
 
     def validate(epoch: int, step: int) -> dict[str, Any]:
-        logits, targets = collect_logits(model, val_set, params.evaluate.batch_size, device)
+        shard = Subset(val_set, ctx.shard(len(val_set)))
+        logits, targets = collect_logits(model, shard, params.evaluate.batch_size, device)
+        logits, targets = ctx.gather_interleaved(logits), ctx.gather_interleaved(targets)
         metrics = metrics_from_logits(model, logits, targets)
         for key in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one"):
             writer.add_scalar(f"val/{key}", metrics[key], step)
-        _log_prototypes(writer, model, step)
-        history.append({"epoch": epoch, "step": step, **{k: metrics[k] for k in
-                        ("mae_argmax", "mae_expectation", "accuracy", "off_by_one")}})
+        if ctx.is_main:
+            _log_prototypes(writer, model, step)
         return metrics
 
-    best_metrics: dict[str, Any] = {}
-    best_epoch = 0
-    if method_cfg.learner == "fixed":
-        # zero-shot: nothing is trained, the model is saved as built
-        best_metrics = validate(0, 0)
-        save_model(model, out_path, extra={"best_epoch": 0})
-    else:
-        best_epoch, best_metrics = _fit(params, method, model, manifest, backbone.preprocess, device,
-                                        writer, validate, out_path, log)
+    if checkpoints:
+        _fit(params, method, model, manifest, backbone.preprocess, device, ctx, writer, validate,
+             checkpoints, state, say)
+    else:  # zero-shot: nothing is trained, the model is saved as built
+        state.best_metrics = validate(0, 0)
+        state.history.append(_history_row(0, 0, None, state.best_metrics))
+        if ctx.is_main:
+            save_model(model, out_path, extra={"best_epoch": 0, "run": run_record(cfg.seed, device)})
+    best_metrics, record = state.best_metrics, run_record(cfg.seed, device, ctx.world_size)
     writer.add_hparams(_hparams(params, method), {f"hparam/val_{k}": best_metrics[k]
                        for k in ("mae_argmax", "mae_expectation", "accuracy")}, run_name=".")
     writer.close()
-    result = TrainResult(method, out_path, best_epoch, best_metrics, history, time.time() - start)
-    write_csv(Path(cfg.plots_dir) / f"{method}.csv", list(history[0]), [list(h.values()) for h in history])
-    write_json(Path(cfg.metrics_dir) / f"{method}.json", {
-        "method": method, "best_epoch": best_epoch, "select_metric": cfg.select_metric,
-        "select_split": cfg.select_split, "train_rows": len(manifest.split("train")),
-        "train_subset": subset, "class_balanced": cfg.class_balanced,
-        "val": best_metrics, "history": history, "seconds": round(result.seconds, 1)})
-    log(f"{method}: best epoch {best_epoch}, val MAE {best_metrics['mae_argmax']:.3f} (argmax) "
-        f"{best_metrics['mae_expectation']:.3f} (expectation), accuracy {best_metrics['accuracy']:.3f}"
-        f" [{result.seconds:.0f} s] -> {out_path}")
+    result = TrainResult(method, out_path, state.best_epoch, best_metrics, state.history, time.time() - start)
+    if ctx.is_main:
+        history = state.history
+        write_csv(Path(cfg.plots_dir) / f"{method}.csv", list(history[0]), [list(h.values()) for h in history])
+        write_json(Path(cfg.metrics_dir) / f"{method}.json", {
+            "method": method, "best_epoch": state.best_epoch, "select_metric": cfg.select_metric,
+            "select_split": cfg.select_split, "train_rows": len(manifest.split("train")),
+            "train_subset": subset, "class_balanced": cfg.class_balanced,
+            "val": best_metrics, "history": history, "run": record, "seconds": round(result.seconds, 1)})
+        log(f"{method}: best epoch {state.best_epoch}, val MAE {best_metrics['mae_argmax']:.3f} (argmax) "
+            f"{best_metrics['mae_expectation']:.3f} (expectation), accuracy {best_metrics['accuracy']:.3f}"
+            f" [{result.seconds:.0f} s] -> {out_path}")
+    ctx.barrier()  # no process leaves (and tears down the group) while rank 0 still writes
     return result
 
 
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for all."""
+
+
+class _NoLog:
+    """TensorBoard for ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _run_log(run_dir: Path, state: TrainState, ctx: Dist) -> SummaryWriter | _NoLog:
+    """The TensorBoard run. Fresh: an empty folder. Resumed: the killed run's events up to the
+    checkpoint are kept (later ones purged), or replayed from the checkpoint if the folder is gone
+    (DVC removes a stage's outputs before running it)."""
+    if not ctx.is_main:
+        return _NoLog()
+    if state.step == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a re-run replaces its logs instead of mixing with them
+        return SummaryWriter(str(run_dir))
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return SummaryWriter(str(run_dir), purge_step=state.step + 1)
+    writer = SummaryWriter(str(run_dir))
+    for step, loss in enumerate(state.losses, start=1):
+        writer.add_scalar("train/loss", loss, step)
+    for row in state.history:
+        for key in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one"):
+            writer.add_scalar(f"val/{key}", row[key], row["step"])
+    return writer
+
+
+def _history_row(epoch: int, step: int, train_loss: Optional[float], metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"epoch": epoch, "step": step, "train_loss": train_loss,
+            **{k: metrics[k] for k in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one")}}
+
+
+class _Encoders(nn.Module):
+    """(image features, prototypes): the pass through both towers, the part DistributedDataParallel
+    wraps; logits are taken after the features are gathered into the global batch."""
+
+    def __init__(self, model: RankPromptModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(images), self.model.prototypes()
+
+
+def _batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _parallel(model: RankPromptModel, ctx: Dist, device: torch.device, frozen_bn: bool, log) -> nn.Module:
+    """The encoders, wrapped in DistributedDataParallel under torchrun. BatchNorm (ResNet image
+    encoders) is synchronised across GPUs; gloo has no SyncBatchNorm, so on CPU each process
+    normalises with its own part of the batch unless train.freeze_batchnorm is set."""
+    encoders = _Encoders(model)
+    if not ctx.enabled:
+        return encoders
+    if _batchnorm_layers(model) and not frozen_bn:
+        if device.type == "cuda":
+            encoders = nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+        else:
+            log("note: BatchNorm statistics are per process on CPU (no SyncBatchNorm with gloo); set "
+                "train.freeze_batchnorm: true for results that match one process")
+    return DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _fit(params: Params, method: str, model: RankPromptModel, manifest, preprocess, device,
-         writer: SummaryWriter, validate, out_path: Path, log) -> tuple[int, dict[str, Any]]:
+         ctx: Dist, writer, validate, checkpoints: Checkpoints, state: TrainState, log) -> None:
     cfg = params.train
     weights = params.method(method).loss
     groups = model.parameter_groups(cfg.lr)
     if not groups:
         raise NumclipError(f"train.lr: every learning rate of method '{method}' is 0: nothing to train")
-    augment = [transforms.RandomHorizontalFlip()] if cfg.hflip else []
-    train_set = ImageRankDataset(manifest, "train", transforms.Compose([*augment, preprocess]))
-    drop_last = len(train_set) > cfg.batch_size
-    if cfg.class_balanced:
-        sampler = class_balanced_sampler([r.label for r in train_set.rows], manifest.num_ranks, seed=cfg.seed)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            drop_last=drop_last)
-    else:
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                            generator=torch.Generator().manual_seed(cfg.seed), drop_last=drop_last)
-    steps_per_epoch = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    if cfg.batch_size % ctx.world_size:
+        raise NumclipError(f"train.batch_size {cfg.batch_size} is the global batch: it must divide by the "
+                           f"{ctx.world_size} processes torchrun started")
+    train_set = SeededFlip(ImageRankDataset(manifest, "train", preprocess), cfg.seed, cfg.hflip)
+    labels = [r.label for r in train_set.base.rows]
+    draw_weights = class_balanced_weights(labels, manifest.num_ranks) if cfg.class_balanced else None
+    n = len(train_set)
+    full_steps = n // cfg.batch_size if n > cfg.batch_size else 1  # full batches only, unless one is all
+    steps_per_epoch = min(full_steps, cfg.max_steps_per_epoch or full_steps)
     optimizer = make_optimizer(params, groups)
     scheduler = make_scheduler(params, optimizer, steps_per_epoch)
-    best_value, best_epoch, best_metrics = None, 0, {}
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    checkpoints.restore(state, model, optimizer, scheduler)
+    encoders = _parallel(model, ctx, device, cfg.freeze_batchnorm, log)
+    for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
         model.train()
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"{method} epoch {epoch}/{cfg.epochs}",
-                   leave=False, disable=None)
-        for i, (images, labels) in enumerate(bar):
-            if i >= steps_per_epoch:
-                break
+        if cfg.freeze_batchnorm:
+            for layer in _batchnorm_layers(model):
+                layer.eval()
+        train_set.epoch = epoch
+        first = state.step - (epoch - 1) * steps_per_epoch  # > 0 when resuming inside this epoch
+        batches = ShardedBatches(epoch_order(n, cfg.seed, epoch, draw_weights), cfg.batch_size,
+                                 steps_per_epoch, ctx.rank, ctx.world_size, first)
+        loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers)
+        bar = tqdm(loader, total=len(batches), desc=f"{method} epoch {epoch}/{cfg.epochs}",
+                   leave=False, disable=None if ctx.is_main else True)
+        for images, labels in bar:
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
             with autocast(device):
-                parts = model.forward_parts(images)
-            loss, terms = training_loss(model, *parts, labels, weights)
+                features, prototypes = encoders(images)
+                features, labels = ctx.gather_batch(features), ctx.gather_batch(labels)
+                logits = model.logits(features, prototypes)
+            loss, terms = training_loss(model, features, prototypes, logits, labels, weights)
             if not torch.isfinite(loss):
-                raise NumclipError(f"{method}: loss became {loss.item()} at epoch {epoch} step {step}; "
-                                   f"lower the learning rates in train.lr")
+                raise NumclipError(f"{method}: loss became {loss.item()} at epoch {epoch} step "
+                                   f"{state.step}; lower the learning rates in train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            step += 1
-            writer.add_scalar("train/loss", loss.item(), step)
+            state.step += 1
+            state.losses.append(loss.item())  # the global batch's: the same on every rank
+            writer.add_scalar("train/loss", loss.item(), state.step)
             for name, value in terms.items():
-                writer.add_scalar(f"train/{name}", value.item(), step)
+                writer.add_scalar(f"train/{name}", value.item(), state.step)
             for group in optimizer.param_groups:
-                writer.add_scalar(f"lr/{group['name']}", group["lr"], step)
+                writer.add_scalar(f"lr/{group['name']}", group["lr"], state.step)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        metrics = validate(epoch, step)
+            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 \
+                    and state.step % steps_per_epoch:  # an epoch's last step is saved after validation
+                checkpoints.save(state, model, optimizer, scheduler, ctx)
+        metrics = validate(epoch, state.step)
+        epoch_losses = state.losses[(epoch - 1) * steps_per_epoch:]
+        state.history.append(_history_row(epoch, state.step, sum(epoch_losses) / len(epoch_losses), metrics))
+        state.epochs_done = epoch
         value = metrics[cfg.select_metric]
-        if _is_better(cfg.select_metric, value, best_value):
-            best_value, best_epoch, best_metrics = value, epoch, metrics
-            save_model(model, out_path, extra={"best_epoch": epoch})
-        log(f"{method} epoch {epoch}: loss {loss.item():.3f}, val MAE {metrics['mae_argmax']:.3f}, "
-            f"accuracy {metrics['accuracy']:.3f}")
-    return best_epoch, best_metrics
+        if _is_better(cfg.select_metric, value, state.best_value):
+            state.best_value, state.best_epoch, state.best_metrics = value, epoch, metrics
+            if ctx.is_main:
+                save_model(model, checkpoints.best, extra={"best_epoch": epoch, "run": run_record(
+                    cfg.seed, device, ctx.world_size)})
+        checkpoints.save(state, model, optimizer, scheduler, ctx)
+        log(f"{method} epoch {epoch}: loss {state.history[-1]['train_loss']:.3f}, val MAE "
+            f"{metrics['mae_argmax']:.3f}, accuracy {metrics['accuracy']:.3f}")
+    if ctx.is_main:
+        checkpoints.finish(model_path(params, method))
 
 
 def _hparams(params: Params, method: str) -> dict[str, Any]:

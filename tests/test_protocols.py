@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from numclip.data.manifest import ManifestRow
+from numclip.data.order import epoch_order
 from numclip.errors import NumclipError
 from numclip.protocols import (
     SampleReport,
     aggregate,
     apply_sampler,
-    class_balanced_sampler,
     class_balanced_weights,
     distribution_shift,
     few_shot,
@@ -194,17 +194,17 @@ def test_class_balanced_weights_bad_labels():
         class_balanced_weights([], num_ranks=4)
 
 
-def test_class_balanced_sampler_is_balanced_and_seeded():
+def test_class_balanced_draws_are_balanced_and_seeded_per_epoch():
     labels = [0] * 80 + [1] * 15 + [3] * 5
-    sampler = class_balanced_sampler(labels, 4, num_samples=30000, seed=0)
-    draws = list(sampler)
+    weights = class_balanced_weights(labels, 4)
+    draws = [i for epoch in range(1, 301) for i in epoch_order(len(labels), 0, epoch, weights)]
     drawn = Counter(labels[i] for i in draws)
     assert set(drawn) == {0, 1, 3}  # the absent label gets nothing
     for label in (0, 1, 3):
-        assert abs(drawn[label] / 30000 - 1 / 3) < 0.03
-    assert list(class_balanced_sampler(labels, 4, num_samples=30000, seed=0)) == draws
-    assert list(class_balanced_sampler(labels, 4, num_samples=30000, seed=1)) != draws
-    assert len(class_balanced_sampler(labels, 4, seed=0)) == 100  # default: one pass
+        assert abs(drawn[label] / len(draws) - 1 / 3) < 0.03
+    assert epoch_order(len(labels), 0, 1, weights) == draws[:100]  # a pure function of (seed, epoch)
+    assert epoch_order(len(labels), 0, 2, weights) != draws[:100]
+    assert epoch_order(len(labels), 1, 1, weights) != draws[:100]
 
 
 # --- aggregation ----------------------------------------------------------------------------------

@@ -68,7 +68,11 @@ class RankPromptModel(nn.Module):
             prototypes = self.prototypes()
         features = self.encode_image(images)
         prototypes = prototypes.to(features.dtype)
-        return features, prototypes, cosine_logits(features, prototypes, self.logit_scale(), impl=impl)
+        return features, prototypes, self.logits(features, prototypes, impl)
+
+    def logits(self, features: torch.Tensor, prototypes: torch.Tensor, impl: Impl = "auto") -> torch.Tensor:
+        """Scaled cosine similarity of image features [B, D] to prototypes [classes, D]."""
+        return cosine_logits(features, prototypes.to(features.dtype), self.logit_scale(), impl=impl)
 
     def class_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """The head's class of each fine label (the rank itself here)."""

@@ -6,13 +6,12 @@ from numclip.protocols.samplers import (
     SAMPLERS,
     SampleReport,
     apply_sampler,
-    class_balanced_sampler,
     class_balanced_weights,
     distribution_shift,
     few_shot,
 )
 
 __all__ = [
-    "SAMPLERS", "SampleReport", "aggregate", "apply_sampler", "class_balanced_sampler",
-    "class_balanced_weights", "distribution_shift", "few_shot", "results_markdown", "write_results",
+    "SAMPLERS", "SampleReport", "aggregate", "apply_sampler", "class_balanced_weights",
+    "distribution_shift", "few_shot", "results_markdown", "write_results",
 ]

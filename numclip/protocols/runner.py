@@ -28,7 +28,8 @@ METRICS = ("mae_argmax", "mae_expectation", "accuracy")
 DATA_PATHS = ("data.manifest", "data.rejects", "data.synthetic.output_dir")
 BACKBONE_PATHS = ("pretrain.output", "pretrain.metrics")
 RUN_PATHS = ("prototypes.output", "prototypes.metrics", "train.models_dir", "train.runs_dir",
-             "train.metrics_dir", "train.plots_dir", "evaluate.metrics_dir", "evaluate.comparison",
+             "train.metrics_dir", "train.plots_dir", "train.checkpoints_dir", "evaluate.metrics_dir",
+             "evaluate.comparison",
              "evaluate.plots_dir", "evaluate.figures_dir", "evaluate.heads_dir")
 
 

@@ -18,7 +18,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import WeightedRandomSampler
 
 from numclip.data.manifest import ManifestRow
 from numclip.errors import NumclipError
@@ -162,16 +161,3 @@ def class_balanced_weights(labels: Sequence[int], num_ranks: int) -> torch.Tenso
         raise NumclipError(f"labels must lie in [0, {num_ranks}), got {lab.min()}..{lab.max()}")
     counts = torch.bincount(lab, minlength=num_ranks).to(torch.float64)
     return 1.0 / counts[lab]
-
-
-def class_balanced_sampler(labels: Sequence[int], num_ranks: int, num_samples: int | None = None,
-                           seed: int = 0) -> WeightedRandomSampler:
-    """Draw (with replacement) so every present label is equally likely; seeded, own generator.
-
-    num_samples defaults to len(labels) (one epoch). The generator lives in the sampler: successive
-    epochs differ, and the whole sequence is fixed by the seed.
-    """
-    weights = class_balanced_weights(labels, num_ranks)
-    n = len(weights) if num_samples is None else _check_int("num_samples", num_samples, 1)
-    gen = torch.Generator().manual_seed(_check_int("seed", seed, 0))
-    return WeightedRandomSampler(weights, n, replacement=True, generator=gen)

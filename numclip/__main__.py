@@ -1,0 +1,7 @@
+"""`python -m numclip`: the CLI, also what `torchrun -m numclip train ...` starts in each process."""
+
+import sys
+
+from numclip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,194 @@
+"""Reliability of training runs, each through the real CLI in its own process on tiny data:
+a run killed with SIGKILL at a random step and resumed ends bitwise equal to an uninterrupted one;
+two runs with the same seed agree exactly and record their seed and versions; two processes under
+torchrun (gloo) follow the one-process loss curve with the same global batch.
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from numclip.checkpoint import load_checkpoint, save_checkpoint
+from numclip.cli import main
+from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
+from numclip.errors import NumclipError
+
+K = 5
+TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=200", "data.synthetic.image_size=32",
+        "pretrain.epochs=0", "train.epochs=2", "train.batch_size=16", "train.checkpoint_every_steps=1",
+        "evaluate.batch_size=64", "task.concepts.edges=[0, 1, 3]", "task.concepts.names=[a, b, c]"]
+STEPS = 2 * (140 // 16)  # 2 epochs of the 140 training images in full batches of 16
+
+
+def _args(*extra: str) -> list[str]:
+    return [a for o in (*TINY, *extra) for a in ("--set", o)]
+
+
+def _numclip(root: Path, *args: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    cmd = [*launcher, "-m", "numclip", *args] if launcher else [sys.executable, "-m", "numclip", *args]
+    return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def _run(root: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
+    proc = _numclip(root, *args, launcher=launcher)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _outputs(root: Path, method: str = "coop") -> tuple[dict, dict]:
+    weights = load_file(str(root / "models" / f"{method}.safetensors"))
+    metrics = json.loads((root / "metrics" / "train" / f"{method}.json").read_text())
+    metrics.pop("seconds")
+    return weights, metrics
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
+def _step(checkpoint: Path) -> int:
+    """The step of the last checkpoint written (-1 before the first)."""
+    return load_checkpoint(checkpoint)["train_state"]["step"] if checkpoint.is_file() else -1
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    _run(root, "ingest", *_args())
+    _run(root, "pretrain", *_args())
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(project):
+    """coop trained start to end, with BatchNorm in training mode, flips and class-balanced draws."""
+    _run(project, "train", "--method", "coop", *_args("train.class_balanced=true"))
+    return _outputs(project)
+
+
+def test_a_run_killed_at_a_random_step_resumes_to_bitwise_equal_weights(project, uninterrupted):
+    target = random.Random(os.getpid()).randrange(2, STEPS - 2)
+    proc = _numclip(project, "train", "--method", "coop", *_args("train.class_balanced=true"))
+    checkpoint = project / "checkpoints" / "coop" / "state.safetensors"
+    deadline = time.time() + 240
+    while _step(checkpoint) < target and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load_checkpoint(checkpoint)["train_state"]["step"]
+    assert 0 < killed_at < STEPS
+
+    # what `dvc repro` does before re-running the stage: remove its outputs
+    for out in (project / "models" / "coop.safetensors", project / "runs" / "coop"):
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink(missing_ok=True)
+    # a checkpoint of another configuration is refused by --resume, naming what differs
+    proc = _numclip(project, "train", "--method", "coop", "--resume", *_args("train.class_balanced=true",
+                                                                               "train.lr.context=0.5"))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "train.lr.context" in out and "Traceback" not in out
+
+    out = _run(project, "train", "--method", "coop", "--resume", "auto", *_args("train.class_balanced=true"))
+    assert f"resuming from checkpoints/coop/state.safetensors at step {killed_at}" in out
+    weights, metrics = _outputs(project)
+    ref_weights, ref_metrics = uninterrupted
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights), "resumed weights differ"
+    assert metrics == ref_metrics
+    assert not checkpoint.parent.exists(), "a finished run leaves no checkpoint to resume"
+    # TensorBoard was replayed from the checkpoint, then continued: every step once
+    assert [s for s, _ in _losses(project / "runs" / "coop")] == list(range(1, STEPS + 1))
+
+
+def test_the_same_seed_gives_identical_runs_and_records_its_versions(project, uninterrupted):
+    _run(project, "train", "--method", "coop", *_args("train.class_balanced=true"))
+    weights, metrics = _outputs(project)
+    assert all(torch.equal(weights[k], uninterrupted[0][k]) for k in weights)
+    assert metrics == uninterrupted[1]
+    import open_clip
+
+    import numclip
+    assert metrics["run"] == {"seed": 0, "numclip": numclip.__version__, "torch": torch.__version__,
+                              "open_clip": open_clip.__version__, "python": metrics["run"]["python"],
+                              "device": "cpu", "world_size": 1}
+    with safe_open(str(project / "models" / "coop.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["numclip"])["run"]["torch"] == torch.__version__
+
+
+def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(project):
+    frozen = _args("train.freeze_batchnorm=true")
+    _run(project, "train", "--method", "ordinalclip", *frozen)
+    one = _losses(project / "runs" / "ordinalclip")
+    _, one_metrics = _outputs(project, "ordinalclip")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+    _run(project, "train", "--method", "ordinalclip", *frozen, launcher=torchrun)
+    two = _losses(project / "runs" / "ordinalclip")
+    _, two_metrics = _outputs(project, "ordinalclip")
+    assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, STEPS + 1))
+    assert [v for _, v in two] == pytest.approx([v for _, v in one], rel=1e-4)
+    assert two_metrics["run"]["world_size"] == 2
+    for a, b in zip(two_metrics["history"], one_metrics["history"]):
+        assert a["mae_expectation"] == pytest.approx(b["mae_expectation"], abs=1e-3)
+    # rank 0 alone writes: TensorBoard event files (run and hparams) of one process
+    files = list((project / "runs" / "ordinalclip").glob("events.out.tfevents.*"))
+    assert files and len({re.search(r"\.(\d+)\.\d+$", f.name).group(1) for f in files}) == 1
+
+
+# --- the pieces, without processes ---------------------------------------------------------------
+
+def test_ranks_together_see_the_one_process_batches_and_resume_skips_done_steps():
+    order = epoch_order(50, seed=3, epoch=2)
+    assert sorted(order) == list(range(50)) and order != epoch_order(50, seed=3, epoch=3)
+    one = list(ShardedBatches(order, batch_size=8, steps=6))
+    ranks = [list(ShardedBatches(order, 8, 6, rank=r, world_size=2)) for r in (0, 1)]
+    for k, batch in enumerate(one):
+        assert sorted(ranks[0][k] + ranks[1][k]) == sorted(batch)
+        assert [i for pair in zip(ranks[0][k], ranks[1][k]) for i in pair] == batch  # interleaved
+    assert list(ShardedBatches(order, 8, 6, start_step=4)) == one[4:]
+
+
+def test_flips_depend_on_seed_epoch_and_index_only():
+    class Rows:
+        rows = [None] * 64
+
+    flips = SeededFlip(Rows(), seed=0)
+    first = [flips.flips(i) for i in range(64)]
+    assert first == [flips.flips(i) for i in range(64)] and 10 < sum(first) < 54
+    flips.epoch = 1
+    assert [flips.flips(i) for i in range(64)] != first
+    assert not any(SeededFlip(Rows(), seed=0, enabled=False).flips(i) for i in range(64))
+
+
+def test_checkpoints_round_trip_nested_state_and_refuse_other_files(tmp_path):
+    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}},
+                           "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]},
+             "rng": (3, [1, 2, 3], None), "history": [{"epoch": 1, "mae": 0.5}]}
+    save_checkpoint(tmp_path / "c.safetensors", state)
+    back = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 3))
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert back["rng"] == (3, [1, 2, 3], None) and back["history"] == state["history"]
+    pickle = tmp_path / "evil.safetensors"
+    torch.save({"x": 1}, pickle)
+    with pytest.raises(NumclipError, match="not a readable checkpoint"):
+        load_checkpoint(pickle)
