@@ -5,7 +5,6 @@ one never unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -69,17 +68,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as e:
         raise NumclipError(f"{path} is not a readable checkpoint: {e}") from None
     return _unflatten(json.loads(meta["state"]), tensors)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, streamed (backbones can be GBs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    """A stable hash of what determines a run: a checkpoint resumes only a run with the same one."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

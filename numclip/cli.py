@@ -37,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pretrain", parents=[common, backbone],
                    help="give the backbone a language prior (or save real weights)")
     sub.add_parser("prototypes", parents=[common], help="cache the text prototypes of each method's initial prompts")
-    for name, what, parents in (("train", "train a method", [common, backbone]),
+    for name, what, parents in (("train", "train a method (under torchrun: data-parallel)", [common, backbone]),
                                 ("evaluate", "evaluate trained methods", [common])):
         p = sub.add_parser(name, parents=parents, help=what)
         p.add_argument("--method", action="append", help="method name from params 'methods' "
                        "(repeatable; default: all)")
+    sub.choices["train"].add_argument(
+        "--resume", nargs="?", const="explicit", default="never", choices=["explicit", "auto"],
+        help="continue a killed run from its checkpoint in train.checkpoints_dir (refused if the params "
+        "changed); '--resume auto' (the DVC stage) starts afresh instead when they changed")
     sub.add_parser("counting", parents=[common], help="zero-shot counting (CountBench-style) of the "
                    "count-aware and plain backbones, and the methods trained on each")
     sub.add_parser("compare", parents=[common], help="comparison table of evaluated methods")
@@ -112,11 +116,17 @@ def cmd_prototypes(params: Params) -> None:
     compute_prototypes(params)
 
 
-def cmd_train(params: Params, methods: list[str]) -> None:
+def cmd_train(params: Params, methods: list[str], resume: str = "never") -> None:
+    import torch.distributed as dist
+
     from numclip.train import train
 
-    for method in methods:
-        train(params, method)
+    try:
+        for method in methods:
+            train(params, method, resume=resume)
+    finally:
+        if dist.is_initialized():  # under torchrun
+            dist.destroy_process_group()
 
 
 def cmd_evaluate(params: Params, methods: list[str]) -> None:
@@ -166,17 +176,17 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(params: Params, args: argparse.Namespace) -> None:
+    """Stream images -> predictions -> CSV rows, so memory stays flat however many images there are."""
     from numclip.models.backbone import resolve_device
-    from numclip.predict import Predictor, collect_images, write_predictions
+    from numclip.predict import Predictor, iter_images, write_predictions
 
     predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
-    predictions = predictor.predict(collect_images(args.inputs), params.predict.batch_size)
-    write_predictions(predictions, args.out, len(predictor.model.info["prompt_words"]))
-    failed = [p for p in predictions if p.error]
-    print(f"predicted {len(predictions) - len(failed)} images -> {args.out}")
-    if failed:
-        print(f"{len(failed)} images could not be read (rows with an 'error' column in {args.out}), "
-              f"e.g. {failed[0].error}", file=sys.stderr)
+    predictions = predictor.iter_predict(iter_images(args.inputs), params.predict.batch_size)
+    counts = write_predictions(predictions, args.out, len(predictor.model.info["prompt_words"]))
+    print(f"predicted {counts.predicted} images -> {args.out}")
+    if counts.failed:
+        print(f"{counts.failed} images could not be read (rows with an 'error' column in {args.out}), "
+              f"e.g. {counts.first_error}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -198,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "prototypes":
             cmd_prototypes(params)
         elif args.command == "train":
-            cmd_train(params, _methods(params, args.method))
+            cmd_train(params, _methods(params, args.method), args.resume)
         elif args.command == "evaluate":
             methods = _methods(params, args.method)
             cmd_evaluate(params, methods)

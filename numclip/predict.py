@@ -2,17 +2,23 @@
 
 With a prototype head (from `numclip evaluate`), the text encoder is never run: one image-encoder
 pass and one matrix product per batch.
+
+`numclip predict` streams: paths are read lazily, predicted one batch at a time and written row by
+row, so its memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from numclip.atomic import write_csv
+from numclip.atomic import atomic_path
 from numclip.data import load_image
 from numclip.errors import NumclipError
 from numclip.inference import autocast
@@ -32,24 +38,66 @@ class Prediction:
     error: str = ""
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively) and list files (one path per line, first column) into image paths."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.suffix.lower() in IMAGE_SUFFIXES:
-            paths.append(item)  # a missing image becomes an error row, not a crash
-        elif item.is_file():
-            for line in item.read_text(encoding="utf-8", errors="replace").splitlines():
+@dataclass
+class PredictionCounts:
+    """What `write_predictions` wrote, so callers can summarise without keeping the rows."""
+    predicted: int = 0
+    failed: int = 0
+    first_error: str = ""
+
+
+def _walk_images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, depth first with each directory's entries sorted by name.
+
+    The same order as sorting every `rglob` match, but only the listings on the current path are held;
+    like `rglob`, symlinked directories are not followed and unreadable ones are skipped."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+    except PermissionError:
+        return
+    for name, is_dir in entries:
+        if is_dir:
+            yield from _walk_images(folder / name)
+        elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            yield folder / name
+
+
+def _read_list_file(path: Path) -> Iterator[Path]:
+    """Paths from a list file (first column; blank and '#' lines skipped), read line by line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for physical in f:
+            for line in physical.splitlines():  # the same line breaks as str.splitlines on the whole file
                 if line.strip() and not line.lstrip().startswith("#"):
                     p = Path(line.split()[0])
-                    paths.append(p if p.is_absolute() else item.parent / p)
+                    yield p if p.is_absolute() else path.parent / p
+
+
+def iter_images(inputs: Sequence[str | Path]) -> Iterator[Path]:
+    """Expand folders (recursively) and list files (one path per line, first column) into image paths, lazily.
+
+    Every input is checked up front and the first image is looked for before returning, so a bad
+    input or an empty selection fails before any prediction is made."""
+    sources: list[Iterable[Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            sources.append(_walk_images(item))
+        elif item.suffix.lower() in IMAGE_SUFFIXES:
+            sources.append([item])  # a missing image becomes an error row, not a crash
+        elif item.is_file():
+            sources.append(_read_list_file(item))
         else:
             raise NumclipError(f"predict input not found or not an image, folder or list file: {item}")
-    if not paths:
+    paths = itertools.chain.from_iterable(sources)
+    first = next(paths, None)
+    if first is None:
         raise NumclipError(f"no images found in {', '.join(map(str, inputs))}")
-    return paths
+    return itertools.chain([first], paths)
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """All of `iter_images` as a list (for callers that need the paths up front)."""
+    return list(iter_images(inputs))
 
 
 class Predictor:
@@ -77,30 +125,33 @@ class Predictor:
             features = self.model.encode_image(images.to(self.device))
         return cosine_logits(features.float(), self.prototypes, self.scale)
 
-    def predict(self, paths: Sequence[Path], batch_size: int = 64) -> list[Prediction]:
-        out: list[Prediction] = []
+    def iter_predict(self, paths: Iterable[Path], batch_size: int = 64) -> Iterator[Prediction]:
+        """Predictions in input order, one batch at a time: `paths` is read at most one batch ahead."""
         batch: list[tuple[Path, torch.Tensor]] = []
 
-        def flush() -> None:
+        def flush() -> list[Prediction]:
             if not batch:
-                return
+                return []
             logits = self.logits(torch.stack([t for _, t in batch]))
             rank, value = self.model.readout(logits)
-            for (path, _), r, v, p in zip(batch, rank.tolist(), value.tolist(), probabilities(logits).cpu()):
-                out.append(Prediction(str(path), r, v, p.tolist()))
+            out = [Prediction(str(path), r, v, p.tolist())
+                   for (path, _), r, v, p in zip(batch, rank.tolist(), value.tolist(), probabilities(logits).cpu())]
             batch.clear()
+            return out
 
         for path in paths:
             try:
                 batch.append((path, self.model.preprocess(load_image(path))))
             except NumclipError as e:
-                flush()
-                out.append(Prediction(str(path), error=str(e)))
+                yield from flush()
+                yield Prediction(str(path), error=str(e))
                 continue
             if len(batch) == batch_size:
-                flush()
-        flush()
-        return out
+                yield from flush()
+        yield from flush()
+
+    def predict(self, paths: Iterable[Path], batch_size: int = 64) -> list[Prediction]:
+        return list(self.iter_predict(paths, batch_size))
 
 
 def predict(model_file: str | Path, inputs: Sequence[str | Path], head_file: Optional[str | Path] = None,
@@ -109,15 +160,23 @@ def predict(model_file: str | Path, inputs: Sequence[str | Path], head_file: Opt
     return Predictor(model_file, head_file, device).predict(collect_images(inputs), batch_size)
 
 
-def write_predictions(predictions: Sequence[Prediction], path: str | Path, num_classes: int) -> None:
+def write_predictions(predictions: Iterable[Prediction], path: str | Path, num_classes: int) -> PredictionCounts:
     """CSV: path, rank, expectation, p_0..p_{C-1}, error (empty when the image was read).
 
     `expectation` is the continuous prediction (NumCLIP: the fine regressor's output); the p_ columns
-    are the head's class probabilities (ranks, or NumCLIP's concepts)."""
-    def row(p: Prediction) -> list[Any]:
-        probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
-        expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
-        return [p.path, "" if p.rank is None else p.rank, expectation, *probs, p.error]
-
-    write_csv(path, ["path", "rank", "expectation", *[f"p_{k}" for k in range(num_classes)], "error"],
-              map(row, predictions))
+    are the head's class probabilities (ranks, or NumCLIP's concepts). Rows are written as they come
+    (nothing is kept) to a temporary file that replaces `path` only once all of them are written."""
+    counts = PredictionCounts()
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "rank", "expectation", *[f"p_{k}" for k in range(num_classes)], "error"])
+        for p in predictions:
+            probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
+            expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
+            writer.writerow([p.path, "" if p.rank is None else p.rank, expectation, *probs, p.error])
+            if p.error:
+                counts.failed += 1
+                counts.first_error = counts.first_error or p.error
+            else:
+                counts.predicted += 1
+    return counts

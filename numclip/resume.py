@@ -11,10 +11,11 @@ from typing import Any, Callable, Literal, Optional
 import torch
 
 from numclip.atomic import atomic_path
-from numclip.checkpoint import file_digest, fingerprint, load_checkpoint, save_checkpoint
+from numclip.checkpoint import load_checkpoint, save_checkpoint
 from numclip.config import Params
 from numclip.distributed import Dist
 from numclip.errors import NumclipError
+from numclip.prototypes import file_digest
 from numclip.runtime import rng_state, set_rng_state
 
 # never: start afresh. explicit (`numclip train --resume`): continue from the checkpoint if there is
