@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from numclip.checkpoint import load_checkpoint, save_checkpoint
-from numclip.cli import main
 from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
 from numclip.errors import NumclipError
 
