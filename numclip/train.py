@@ -36,6 +36,7 @@ from numclip.resume import Checkpoints, ResumeMode, TrainState
 from numclip.runtime import backbone_config, load_checked_manifest, run_record, seed_everything
 
 LOWER_IS_BETTER = {"mae_argmax": True, "mae_expectation": True, "accuracy": False}
+VAL_KEYS = ("mae_argmax", "mae_expectation", "accuracy", "off_by_one")  # logged and kept per epoch
 
 
 @dataclass
@@ -134,7 +135,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print,
         logits, targets = collect_logits(model, shard, params.evaluate.batch_size, device)
         logits, targets = ctx.gather_interleaved(logits), ctx.gather_interleaved(targets)
         metrics = metrics_from_logits(model, logits, targets)
-        for key in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one"):
+        for key in VAL_KEYS:
             writer.add_scalar(f"val/{key}", metrics[key], step)
         if ctx.is_main:
             _log_prototypes(writer, model, step)
@@ -194,14 +195,14 @@ def _run_log(run_dir: Path, state: TrainState, ctx: Dist) -> SummaryWriter | _No
     for step, loss in enumerate(state.losses, start=1):
         writer.add_scalar("train/loss", loss, step)
     for row in state.history:
-        for key in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one"):
+        for key in VAL_KEYS:
             writer.add_scalar(f"val/{key}", row[key], row["step"])
     return writer
 
 
 def _history_row(epoch: int, step: int, train_loss: Optional[float], metrics: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": epoch, "step": step, "train_loss": train_loss,
-            **{k: metrics[k] for k in ("mae_argmax", "mae_expectation", "accuracy", "off_by_one")}}
+            **{k: metrics[k] for k in VAL_KEYS}}
 
 
 class _Encoders(nn.Module):
