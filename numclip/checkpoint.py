@@ -28,7 +28,7 @@ def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     if isinstance(obj, dict):
         if not all(isinstance(k, (str, int)) for k in obj):
             raise TypeError(f"checkpoint keys must be str or int at {prefix}")
-        # int keys (optimizer state per parameter index) survive JSON as ["int", k] pairs
+        # stored as [key, value] pairs: JSON objects would turn the optimizer's int keys into strings
         return {"__items__": [[k, _flatten(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
         return {"__list__": [_flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],

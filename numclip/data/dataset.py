@@ -43,6 +43,9 @@ class ImageRankDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def image(self, index: int) -> Image.Image:
+        """The row's image before the transform (for augmentations that need the index)."""
+        return load_image(self.manifest.abs_path(self.rows[index]))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        row = self.rows[index]
-        return self.transform(load_image(self.manifest.abs_path(row))), row.label
+        return self.transform(self.image(index)), self.rows[index].label

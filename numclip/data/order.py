@@ -15,7 +15,7 @@ import torch
 from PIL import ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from numclip.data.dataset import ImageRankDataset, load_image
+from numclip.data.dataset import ImageRankDataset
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -66,8 +66,7 @@ class SeededFlip(Dataset):
         return self.enabled and bool(np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        row = self.base.rows[index]
-        image = load_image(self.base.manifest.abs_path(row))
+        image = self.base.image(index)
         if self.flips(index):
             image = ImageOps.mirror(image)
-        return self.base.transform(image), row.label
+        return self.base.transform(image), self.base.rows[index].label
