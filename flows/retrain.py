@@ -19,7 +19,7 @@ from prefect.tasks import exponential_backoff
 from flows.overrides import apply_param_overrides
 from flows.report import (dvc_metrics_diff, metrics_changes, metrics_snapshot, metrics_table,
                           report_markdown)
-from flows.stages import STAGES, StageResult, is_transient, run_stage
+from flows.stages import StageResult, is_transient, pipeline_stages, run_stage
 from numclip.config import load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -80,6 +80,6 @@ def retrain(overrides: list[str] | None = None, project_dir: str | None = None,
     before = metrics_snapshot(project)
     stage_task = dvc_stage.with_options(retries=retries,
                                         retry_delay_seconds=exponential_backoff(retry_delay_seconds))
-    results = [stage_task(stage, project) for stage in STAGES]
+    results = [stage_task(stage, project) for stage in pipeline_stages(project)]
     publish_record(project, results, overrides, changed, before)
     return {"ran": [e for r in results for e in r.ran], "changed_params": changed}

@@ -17,8 +17,6 @@ from collections.abc import Callable
 
 import yaml
 
-STAGES = ("ingest", "pretrain", "pretrain_plain", "prototypes", "train", "train_plain", "evaluate", "counting")
-
 # Output that marks a failure another attempt can fix: another DVC process holds the repository lock
 # (DVC gives up after 3 s), or a file system / network hiccup.
 TRANSIENT_MARKERS = (
@@ -60,6 +58,17 @@ def read_lock(project: Path) -> dict[str, object]:
     if not path.exists():
         return {}
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+
+
+def pipeline_stages(project: Path) -> list[str]:
+    """The stages of dvc.yaml in its order, a foreach/matrix group once (`train` for `train@coop`, ...):
+    the one stage list, so a stage added to dvc.yaml (or one that the params switch off) needs no edit
+    here."""
+    proc = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=project, capture_output=True,
+                          text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    if proc.returncode != 0:
+        raise StageFailed("(stage list)", proc.returncode, proc.stdout + proc.stderr)
+    return list(dict.fromkeys(line.split("@")[0] for line in proc.stdout.split()))
 
 
 def _belongs(entry: str, stage: str) -> bool:

@@ -220,16 +220,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd_counting(params)
         elif args.command == "run":
             methods = _methods(params, args.method)
-            plain = params.with_plain_backbone()
+            twins = [params.with_plain_backbone()] if params.compares_backbones else []
             cmd_ingest(params)
-            cmd_pretrain(params)
-            cmd_pretrain(plain)
+            for p in [params, *twins]:
+                cmd_pretrain(p)
             cmd_prototypes(params)
-            cmd_train(params, methods)
-            cmd_train(plain, methods)
+            for p in [params, *twins]:
+                cmd_train(p, methods)
             cmd_evaluate(params, methods)
             cmd_compare(params, methods)
-            cmd_counting(params)
+            if twins:
+                cmd_counting(params)
         elif args.command == "predict":
             cmd_predict(params, args)
         elif args.command == "bench":

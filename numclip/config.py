@@ -6,6 +6,7 @@ silently ignored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -60,9 +61,15 @@ class SplitConfig(Section):
         return self
 
 
+SYNTHETIC_ROOT = "numclip/data/synthetic.py"  # the synthetic source has no files: its generator stands in
+
+
 class DataConfig(Section):
     source: Literal["synthetic", "table", "folder", "listfile"] = "synthetic"
     num_ranks: int = Field(10, ge=2, description="K: labels are integer ranks 0..K-1")
+    root: str = Field(
+        SYNTHETIC_ROOT, description="what DVC watches for the source's files (the folder holding your "
+        "tables, lists and images), so a changed file reruns the pipeline; numclip init sets it")
     path: Optional[str] = None
     split_paths: dict[Literal["train", "val", "test"], str] = {}
     images_root: Optional[str] = None
@@ -89,27 +96,61 @@ class ModelConfig(Section):
 class ConceptConfig(Section):
     """NumCLIP's coarse bins of the fine ranks, each named by a language concept."""
 
-    preset: Optional[Literal["counting", "age", "levels"]] = "counting"
+    preset: Optional[Literal["counting", "age", "levels"]] = None  # None: the task preset's
     edges: Optional[list[int]] = None  # lower edges of the bins (fine labels); overrides the preset
     names: Optional[list[str]] = None
     label_shift: int = Field(0, ge=0, description="bins are of y' = label - label_shift (released age: 1)")
 
 
-class TaskConfig(Section):
-    """What the ranks mean in words: zero-shot prompts and rank-word initialisation use it."""
+@dataclass(frozen=True)
+class TaskPreset:
+    """What a kind of task means in words, and whether the count-aware pieces apply to it."""
 
-    rank_words: Optional[list[str]] = None  # default: number words one..K (counting)
+    template: str  # the zero-shot prompt
+    concepts: Literal["counting", "age", "levels"]  # NumCLIP's concept bins
+    counts: bool  # the count-aware pretraining loss and the counting comparison apply
+    first_word: int  # rank words are str(label + first_word) when not number words (counting)
+
+
+TASK_PRESETS = {
+    "counting": TaskPreset("a photo of {} objects.", "counting", True, 1),  # number words one..K
+    "age": TaskPreset("a photo of a {} year old person.", "age", False, 0),  # label = age
+    "grades": TaskPreset("a photo of grade {}.", "levels", False, 1),  # quality grades 1..K
+    "generic": TaskPreset("a photo of rank {}.", "levels", False, 0),  # name your ranks: task.rank_words
+}
+
+
+class TaskConfig(Section):
+    """What the ranks mean in words: zero-shot prompts, rank-word initialisation and NumCLIP's concepts.
+
+    `preset` fills in every key left null, and decides whether the count-aware loss applies."""
+
+    preset: Literal["counting", "age", "grades", "generic"] = "counting"
+    rank_words: Optional[list[str]] = None  # default: the preset's (number words one..K for counting)
     rank_words_file: Optional[str] = None
-    zeroshot_template: str = "a photo of {} objects."
+    zeroshot_template: Optional[str] = None  # default: the preset's
     concepts: ConceptConfig = ConceptConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> "TaskConfig":
         if self.rank_words is not None and self.rank_words_file is not None:
             raise ValueError("give rank_words or rank_words_file, not both")
-        if "{}" not in self.zeroshot_template:
+        if self.zeroshot_template is not None and "{}" not in self.zeroshot_template:
             raise ValueError("zeroshot_template must contain '{}' where the rank word goes")
         return self
+
+    @property
+    def counts(self) -> bool:
+        return TASK_PRESETS[self.preset].counts
+
+    @property
+    def template(self) -> str:
+        """The zero-shot prompt: zeroshot_template, or the preset's."""
+        return self.zeroshot_template or TASK_PRESETS[self.preset].template
+
+    @property
+    def concept_preset(self) -> Optional[str]:
+        return self.concepts.preset or TASK_PRESETS[self.preset].concepts
 
 
 class LossWeights(Section):
@@ -235,7 +276,9 @@ class TrainConfig(Section):
 class CountingLossConfig(Section):
     """'Teaching CLIP to Count to Ten': L = L_CLIP + weight * L_count over counterfactual captions."""
 
-    weight: float = Field(1.0, ge=0, description="lambda; 0 trains with the plain CLIP loss")
+    weight: Optional[float] = Field(
+        None, ge=0, description="lambda; 0 trains with the plain CLIP loss; null: 1 when the task counts, "
+        "0 otherwise (the loss needs captions that name a count)")
     negatives: Literal["one", "all"] = Field(
         "one", description="one random counterfactual number (released) or all 8 others (L_count+)")
     fraction: Optional[float] = Field(
@@ -265,13 +308,22 @@ class PlainBackboneConfig(Section):
     """The baseline of the counting comparison: the same pretraining (data, steps, seed) with the
     plain CLIP loss (counting weight 0), and every method trained on it. Its own output paths."""
 
-    pretrain_output: str = "models/plain/backbone.safetensors"
+    pretrain_output: str = "comparison/plain/backbone.safetensors"  # outside models/, which evaluate reads
     pretrain_metrics: str = "metrics/plain/pretrain.json"
-    models_dir: str = "models/plain"
+    models_dir: str = "comparison/plain/models"
     runs_dir: str = "runs/plain"
     metrics_dir: str = "metrics/plain/train"
     plots_dir: str = "plots/plain/training"
     checkpoints_dir: str = "checkpoints/plain"
+
+
+class ComparisonConfig(Section):
+    """Which baseline backbones the counting comparison trains. dvc.yaml makes the comparison's stages
+    from this list, so with [] none of them exists; params.yaml must spell it out for DVC."""
+
+    backbones: Optional[list[Literal["plain"]]] = Field(
+        None, description="[plain]: compare with the plain-CLIP-loss twin; []: no comparison; "
+        "null (outside DVC): [plain] when the count-aware loss is on")
 
 
 class CountingEvalConfig(Section):
@@ -317,6 +369,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     plain_backbone: PlainBackboneConfig = PlainBackboneConfig()
+    comparison: ComparisonConfig = ComparisonConfig()
     counting: CountingEvalConfig = CountingEvalConfig()
     predict: PredictConfig = PredictConfig()
 
@@ -333,12 +386,37 @@ class Params(Section):
         self.rank_words()
         return self
 
+    @model_validator(mode="after")
+    def _comparison_has_a_difference(self) -> "Params":
+        """An unlisted comparison follows the task; a listed one needs a counting loss to compare."""
+        listed = self.comparison.backbones
+        if listed is None:
+            self.comparison.backbones = ["plain"] if self.count_loss_weight > 0 else []
+        elif listed and self.count_loss_weight == 0:
+            raise ValueError(
+                f"comparison.backbones lists {listed} but pretraining has no counting loss to compare "
+                f"against (task.preset '{self.task.preset}', pretrain.counting.weight "
+                f"{self.pretrain.counting.weight}): set comparison.backbones: [] (or use task.preset counting)")
+        return self
+
+    @property
+    def count_loss_weight(self) -> float:
+        """lambda of the count-aware loss: pretrain.counting.weight, or 1 for counting tasks, 0 otherwise."""
+        weight = self.pretrain.counting.weight
+        return weight if weight is not None else float(self.task.counts)
+
+    @property
+    def compares_backbones(self) -> bool:
+        """Whether the counting comparison (plain twin, its trained methods, the counting stage) runs."""
+        return "plain" in (self.comparison.backbones or [])
+
     def with_plain_backbone(self) -> "Params":
         """These params for the counting comparison's baseline: the plain CLIP loss in pretraining,
         and the backbone, models and training records under plain_backbone's paths."""
         plain = self.model_copy(deep=True)
         b = self.plain_backbone
         plain.pretrain.counting.weight = 0.0
+        plain.comparison.backbones = []  # the twin has no twin of its own
         plain.pretrain.output, plain.pretrain.metrics = b.pretrain_output, b.pretrain_metrics
         plain.train.models_dir, plain.train.runs_dir = b.models_dir, b.runs_dir
         plain.train.metrics_dir, plain.train.plots_dir = b.metrics_dir, b.plots_dir
@@ -356,11 +434,12 @@ class Params(Section):
         from numclip.models.concepts import ConceptBins
 
         c = self.task.concepts
-        return ConceptBins.create(c.preset, c.edges, c.names, self.data.num_ranks, self.rank_words(),
-                                  c.label_shift)
+        return ConceptBins.create(self.task.concept_preset, c.edges, c.names, self.data.num_ranks,
+                                  self.rank_words(), c.label_shift)
 
     def rank_words(self) -> list[str]:
-        """K words naming the ranks, from the task section (number words one..K by default)."""
+        """K words naming the ranks, from the task section (by default the preset's: number words
+        one..K for counting, the labels as numbers otherwise)."""
         k = self.data.num_ranks
         if self.task.rank_words_file is not None:
             words = read_word_file(self.task.rank_words_file)
@@ -368,9 +447,10 @@ class Params(Section):
         elif self.task.rank_words is not None:
             words, where = self.task.rank_words, "task.rank_words"
         else:
-            if k > len(NUMBER_WORDS):
-                return [str(i + 1) for i in range(k)]
-            return NUMBER_WORDS[:k]
+            preset = TASK_PRESETS[self.task.preset]
+            if self.task.preset == "counting" and k <= len(NUMBER_WORDS):
+                return NUMBER_WORDS[:k]
+            return [str(i + preset.first_word) for i in range(k)]
         if len(words) != k:
             raise NumclipError(f"{where} has {len(words)} words but data.num_ranks is {k}")
         return words

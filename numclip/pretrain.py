@@ -64,7 +64,7 @@ class CaptionedImages(Dataset):
 def zero_shot_model(params: Params, backbone: Backbone) -> RankPromptModel:
     words = params.rank_words()
     prompts = build_prompt_learner(MethodConfig(learner="fixed"), TextTower(backbone.model), backbone.tokenizer,
-                                   words, params.task.zeroshot_template)
+                                   words, params.task.template)
     return RankPromptModel(backbone, prompts, {"rank_words": words, "num_ranks": len(words)})
 
 
@@ -78,7 +78,8 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
     if params.model.pretrained is not None and not cfg.finetune_pretrained:
         source, history = f"pretrained weights '{params.model.pretrained}' (saved unchanged)", []
     else:
-        source = (f"{_loss_name(cfg)} {'fine-tuning' if params.model.pretrained else 'pretraining'} on "
+        loss = _loss_name(params.count_loss_weight, cfg.counting.negatives)
+        source = (f"{loss} {'fine-tuning' if params.model.pretrained else 'pretraining'} on "
                   f"{params.data.manifest} (train split, {cfg.epochs} epochs)")
         history = _contrastive(params, backbone, manifest, device, log)
     save_backbone(backbone, cfg.output, source)
@@ -100,12 +101,11 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
     return result
 
 
-def _loss_name(cfg) -> str:
-    c = cfg.counting
-    if c.weight == 0:
+def _loss_name(weight: float, negatives: str) -> str:
+    if weight == 0:
         return "contrastive (plain CLIP loss)"
-    negatives = "one counterfactual" if c.negatives == "one" else "all 8 counterfactuals"
-    return f"count-aware contrastive (lambda {c.weight:g}, {negatives})"
+    negatives = "one counterfactual" if negatives == "one" else "all 8 counterfactuals"
+    return f"count-aware contrastive (lambda {weight:g}, {negatives})"
 
 
 def _loader(data: CaptionedImages, params: Params) -> DataLoader:
@@ -146,12 +146,12 @@ def _counting_loss(clip, backbone: Backbone, captions: list[str], image_features
 def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.device,
                  log: Callable[[str], None]) -> list[dict[str, float]]:
     cfg = params.pretrain
-    counting = cfg.counting
+    counting, count_weight = cfg.counting, params.count_loss_weight
     clip = backbone.model
     words = params.rank_words()
     augment = transforms.Compose([transforms.RandomHorizontalFlip(), backbone.preprocess])
     data = CaptionedImages(ImageRankDataset(manifest, "train", augment),
-                           [params.task.zeroshot_template.format(w) for w in words], cfg.template_caption_prob,
+                           [params.task.template.format(w) for w in words], cfg.template_caption_prob,
                            cfg.seed)
     loader = _loader(data, params)
     rng = random.Random(cfg.seed)  # counterfactual draws: their own stream, so batches match the baseline's
@@ -171,10 +171,10 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
                 image_features = clip.encode_image(images.to(device)).float()
                 text_features = clip.encode_text(backbone.tokenizer(captions).to(device)).float()
             loss = clip_contrastive_loss(image_features, text_features, clip.logit_scale.exp(), caption_group)
-            if counting.weight > 0:
+            if count_weight > 0:
                 count_loss = _counting_loss(clip, backbone, captions, image_features, text_features,
                                             counting.negatives, rng, device)
-                loss = count_aware_clip_loss(loss, count_loss, counting.weight)
+                loss = count_aware_clip_loss(loss, count_loss, count_weight)
                 count_losses.append(count_loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -40,7 +40,7 @@ def prompt_key(params: Params, method: str, backbone_digest: str) -> str:
     if cfg.get("rank_words_file"):
         cfg["rank_words_file"] = Path(cfg["rank_words_file"]).read_text(encoding="utf-8")
     blob = json.dumps({"backbone": backbone_digest, "prompts": cfg, "words": params.rank_words(),
-                       "template": params.task.zeroshot_template, "tokenizer": params.model.arch,
+                       "template": params.task.template, "tokenizer": params.model.arch,
                        "seed": params.train.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

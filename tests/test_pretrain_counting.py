@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
 
 def test_count_aware_by_default_and_plain_baseline(tiny):
     params, out = tiny
-    assert params.pretrain.counting.weight == 1.0
+    assert params.count_loss_weight == 1.0 and params.pretrain.counting.weight is None  # from the task
     aware = pretrain(params, log=lambda s: None)
     plain = pretrain(params.with_plain_backbone(), log=lambda s: None)
     assert aware["source"].startswith("count-aware contrastive") and "count_loss" in aware["history"][0]

@@ -22,8 +22,8 @@ TINY = {
     ("task", "concepts", "names"): ["a single", "a couple of", "a few"],
 }
 METHODS = ["zeroshot", "coop", "ordinalclip", "ordinalclip_l2r", "numclip_faithful", "numclip_fixed"]
-STAGES = ["ingest", "pretrain", "pretrain_plain", "prototypes", *[f"train@{m}" for m in METHODS],
-          *[f"train_plain@{m}" for m in METHODS], "evaluate", "counting"]
+STAGES = ["ingest", "pretrain", "pretrain_plain@plain", "prototypes", *[f"train@{m}" for m in METHODS],
+          *[f"train_plain@plain-{m}" for m in METHODS], "evaluate", "counting@plain"]
 
 
 def git(cwd: Path, *args: str) -> None:

@@ -42,6 +42,7 @@ class IngestReport:
     rejects: Path
     incoming: str = ""
     drop_rows: dict[str, int] = field(default_factory=dict)  # ingested rows per drop, in read order
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         splits = ", ".join(f"{s} {self.split_counts[s]}" for s in SPLITS)
@@ -54,7 +55,7 @@ class IngestReport:
         empty = [str(k) for k, n in self.label_counts.items() if n == 0]
         if empty:
             text += f" Ranks with no images: {', '.join(empty)}."
-        return text
+        return "\n".join([text, *(f"warning: {w}" for w in self.warnings)])
 
     def _drops_text(self) -> str:
         """E.g. ', 12 rows from 2 drops in incoming (batch-a, batch-b)'; empty without drops."""
@@ -151,9 +152,21 @@ def _check_splits(counts: dict[str, int]) -> None:
                 f"assign them (labels with fewer than 3 images stay in train)")
 
 
+def unwatched_inputs(cfg: DataConfig) -> list[str]:
+    """The source's files and folders that lie outside data.root, which DVC watches: a change to one
+    of them would not rerun the pipeline."""
+    if cfg.source == "synthetic":
+        return []
+    inputs = [cfg.path, *cfg.split_paths.values(), cfg.images_root]
+    root = Path(cfg.root).resolve()
+    return [p for p in inputs if p is not None and not Path(p).resolve().is_relative_to(root)]
+
+
 def ingest(cfg: DataConfig) -> IngestReport:
     """read_source + drops -> validate -> assign_splits per part -> manifest; NumclipError if too much
     is rejected."""
+    if cfg.source != "synthetic":  # a stage output of ingest whatever the source (DVC needs it to exist)
+        Path(cfg.synthetic.output_dir).mkdir(parents=True, exist_ok=True)
     parts = _read_parts(cfg)
     total = sum(len(p.candidates) for p in parts)
     rejects = _validate(parts, cfg)
@@ -168,4 +181,6 @@ def ingest(cfg: DataConfig) -> IngestReport:
                         n_rejected=len(rejects), split_counts=counts,
                         label_counts={k: labels.get(k, 0) for k in range(cfg.num_ranks)},
                         manifest=Path(cfg.manifest), rejects=Path(cfg.rejects), incoming=cfg.incoming,
-                        drop_rows={p.name: len(p.rows) for p in parts if p.name is not None})
+                        drop_rows={p.name: len(p.rows) for p in parts if p.name is not None},
+                        warnings=[f"{p} lies outside data.root ({cfg.root}), so DVC will not see it change: "
+                                  "set data.root to the folder that holds it" for p in unwatched_inputs(cfg)])

@@ -175,7 +175,7 @@ def build_model(params: Params, method_name: str, backbone: Backbone) -> RankPro
         "prompt_words": list(bins.names) if bins else words,
         "concepts": None if bins is None else {"edges": list(bins.edges), "names": list(bins.names),
                                                "label_shift": bins.label_shift},
-        "zeroshot_template": params.task.zeroshot_template,
+        "zeroshot_template": params.task.template,
     }
     torch.manual_seed(params.train.seed)  # the head's initialisation
     return _assemble(backbone, method, info, bins, params.train.seed)
