@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from numclip.config import Params, load_params
+from numclip.config import TASK_PRESETS, Params, load_params
 from numclip.errors import NumclipError
 
 BACKBONES = ("count-aware", "plain")
@@ -28,6 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="numclip", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="look at your images (a folder, a table or a list file) and write the "
+                       "params.yaml that runs them through `dvc repro`")
+    p.add_argument("data", help="an image folder (<root>/<label>/ or <root>/<split>/<label>/), a CSV/Parquet "
+                   "table (path,label[,split,...]) or an OrdinalCLIP list file")
+    p.add_argument("--task", default="generic", choices=list(TASK_PRESETS),
+                   help="what the ranks are: sets the rank words, prompt and NumCLIP concepts, and whether "
+                   "the count-aware loss and the counting comparison apply (default: generic)")
+    p.add_argument("--source", choices=["folder", "table", "listfile"], help="default: from the path")
+    p.add_argument("--rank-words", help="comma-separated words naming ranks 0..K-1, e.g. zero,one,two")
+    p.add_argument("--template", help="the zero-shot prompt with {} for the rank word, e.g. "
+                   "'a photo of the digit {}.'")
+    p.add_argument("--params", default="params.yaml", help="the params file to write (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="also set a param, e.g. --set pretrain.epochs=20 (repeatable)")
+    p.add_argument("--keep-results", action="store_true",
+                   help="keep the previous data's metrics, plots, models and dvc.lock")
 
     sub.add_parser("ingest", parents=[common], help="build the manifest (and rejects report) from data.*")
     backbone = argparse.ArgumentParser(add_help=False)
@@ -166,6 +183,15 @@ def cmd_import(args: argparse.Namespace) -> None:
     print("use it with: " + " ".join(f"--set {k}={v}" for k, v in report.params().items()))
 
 
+def cmd_init(args: argparse.Namespace) -> None:
+    from numclip.init import init_project
+
+    words = [w.strip() for w in args.rank_words.split(",")] if args.rank_words else None
+    report = init_project(args.data, args.task, args.source, words, args.template, args.params,
+                          args.overrides, args.keep_results)
+    print(report.summary())
+
+
 def cmd_protocol(args: argparse.Namespace) -> None:
     from numclip.protocols.runner import protocol_from_args, run_protocol, save_protocol_curve
 
@@ -197,6 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "import":  # reads no params
             cmd_import(args)
+            return 0
+        if args.command == "init":  # writes the params
+            cmd_init(args)
             return 0
         params = load_params(args.params, args.overrides)
         if getattr(args, "backbone", None) == "plain":

@@ -423,6 +423,17 @@ class Params(Section):
         plain.train.checkpoints_dir = b.checkpoints_dir
         return plain
 
+    def output_paths(self) -> list[str]:
+        """Every file or folder the pipeline's stages write: what `numclip init` clears so that a new
+        dataset's results never mix with the previous ones."""
+        d, t, e, b, c = self.data, self.train, self.evaluate, self.plain_backbone, self.counting
+        comparison = str(Path(e.comparison).with_suffix(".md"))
+        return [d.manifest, d.rejects, d.synthetic.output_dir, self.pretrain.output, self.pretrain.metrics,
+                self.prototypes.output, self.prototypes.metrics, t.models_dir, t.runs_dir, t.metrics_dir,
+                t.plots_dir, t.checkpoints_dir, e.metrics_dir, e.comparison, comparison, e.plots_dir,
+                e.figures_dir, e.heads_dir, b.pretrain_output, b.pretrain_metrics, b.models_dir, b.runs_dir,
+                b.metrics_dir, b.plots_dir, b.checkpoints_dir, c.metrics, c.table, c.output_dir]
+
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
             raise NumclipError(
@@ -514,29 +525,63 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML itself lets
+    the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_params_file(path: str | Path) -> dict:
+    """The sections of a params file; NumclipError naming the file for anything that is not a YAML
+    mapping with unique keys."""
+    try:
+        loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise NumclipError(f"{path} is not valid YAML: {e}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise NumclipError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _with_default_methods(raw: dict) -> dict:
+    """A dict of named entries has no per-key defaults: without a methods section, start from the presets."""
+    if "methods" not in raw:
+        raw["methods"] = {k: v.model_dump() for k, v in default_methods().items()}
+    return raw
+
+
+def validate_params(raw: dict, source: str) -> Params:
+    """Params from raw sections (the default methods when none are given); NumclipError naming each
+    wrong key, with `source` saying where they came from."""
+    _with_default_methods(raw)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise NumclipError(_format_validation_error(e, source)) from None
+
+
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
     """Read params.yaml (missing file: all defaults), apply `section.key=value` overrides, validate."""
     raw: dict = {}
     source = "defaults"
     if path is not None and Path(path).exists():
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise NumclipError(f"{path} is not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise NumclipError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded
+        raw = read_params_file(path)
     elif path is not None and str(path) != "params.yaml":
         raise NumclipError(f"params file not found: {path}")
-    if "methods" not in raw:  # a dict of named entries has no per-key defaults: start from the presets
-        raw["methods"] = {k: v.model_dump() for k, v in default_methods().items()}
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(_with_default_methods(raw), overrides or [])
     if overrides:
         source += " with overrides " + " ".join(overrides)
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as e:
-        raise NumclipError(_format_validation_error(e, source)) from None
+    return validate_params(raw, source)

@@ -38,7 +38,7 @@ class _Context:
     seen: dict[str, str]  # normalised path -> source_row of its first occurrence
 
 
-def _as_int(value: object) -> int | None:
+def as_int(value: object) -> int | None:
     """3, 3.0, "3", " 3.0 " -> 3; anything else (3.5, "abc", NaN, inf, True) -> None."""
     if isinstance(value, bool):
         return None
@@ -117,7 +117,7 @@ def _check(c: Candidate, ctx: _Context, num_ranks: int, verify_images: bool) -> 
         raise _Rejected("not a file")
     if _is_missing(c.label):
         raise _Rejected("missing label")
-    label = _as_int(c.label)
+    label = as_int(c.label)
     if label is None:
         raise _Rejected(f"non-integer label '{c.label}'")
     if not 0 <= label < num_ranks:
@@ -125,7 +125,7 @@ def _check(c: Candidate, ctx: _Context, num_ranks: int, verify_images: bool) -> 
     split = "" if _is_missing(c.split) else str(c.split).strip().lower()
     if split and split not in SPLITS:
         raise _Rejected(f"split '{c.split}' not in {'/'.join(SPLITS)}")
-    fold = None if _is_missing(c.fold) else _as_int(c.fold)
+    fold = None if _is_missing(c.fold) else as_int(c.fold)
     if fold is None and not _is_missing(c.fold):
         raise _Rejected(f"non-integer fold '{c.fold}'")
     if verify_images:
