@@ -63,8 +63,13 @@ def dvc_metrics_diff(project: Path, target: str) -> str:
 def metrics_table(comparison_json: Path) -> list[dict[str, object]]:
     """One row per method from the evaluate stage's comparison, values rounded for reading."""
     comparison = json.loads(comparison_json.read_text(encoding="utf-8"))
-    return [{"method": method, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}
-            for method, row in comparison.items()]
+    return [{"method": method, **{k: _cell(v) for k, v in row.items()}} for method, row in comparison.items()]
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 4)
+    return "; ".join(value) if isinstance(value, list) else value
 
 
 def _number(value: float | None) -> str:

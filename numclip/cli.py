@@ -207,9 +207,13 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     from numclip.predict import Predictor, iter_images, write_predictions
 
     predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
-    predictions = predictor.iter_predict(iter_images(args.inputs), params.predict.batch_size)
+    skipped: list = []
+    predictions = predictor.iter_predict(iter_images(args.inputs, skipped), params.predict.batch_size)
     counts = write_predictions(predictions, args.out, len(predictor.model.info["prompt_words"]))
     print(f"predicted {counts.predicted} images -> {args.out}")
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        print(f"skipped {len(skipped)} files that are not images (by extension): {shown}", file=sys.stderr)
     if counts.failed:
         print(f"{counts.failed} images could not be read (rows with an 'error' column in {args.out}), "
               f"e.g. {counts.first_error}", file=sys.stderr)

@@ -350,6 +350,7 @@ class EvaluateConfig(Section):
     batch_size: int = Field(128, ge=1)
     metrics_dir: str = "metrics/eval"
     comparison: str = "metrics/comparison.json"  # the markdown table is written beside it (.md)
+    summary_dir: str = "metrics/summary"  # one small JSON per method: the rows of `dvc metrics show`
     plots_dir: str = "plots"  # CSV data for `dvc plots`
     figures_dir: str = "figures"  # PNG for people
     heads_dir: str = "artifacts/heads"
@@ -430,7 +431,7 @@ class Params(Section):
         comparison = str(Path(e.comparison).with_suffix(".md"))
         return [d.manifest, d.rejects, d.synthetic.output_dir, self.pretrain.output, self.pretrain.metrics,
                 self.prototypes.output, self.prototypes.metrics, t.models_dir, t.runs_dir, t.metrics_dir,
-                t.plots_dir, t.checkpoints_dir, e.metrics_dir, e.comparison, comparison, e.plots_dir,
+                t.plots_dir, t.checkpoints_dir, e.metrics_dir, e.comparison, comparison, e.summary_dir, e.plots_dir,
                 e.figures_dir, e.heads_dir, b.pretrain_output, b.pretrain_metrics, b.models_dir, b.runs_dir,
                 b.metrics_dir, b.plots_dir, b.checkpoints_dir, c.metrics, c.table, c.output_dir]
 

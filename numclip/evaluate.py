@@ -12,6 +12,7 @@ import torch
 from numclip.atomic import write_csv, write_json, write_text
 from numclip.config import Params
 from numclip.data import ImageRankDataset
+from numclip.diagnosis import TRAIN_HINT, learning_warnings, report
 from numclip.errors import NumclipError
 from numclip.inference import collect_logits, metrics_from_logits
 from numclip.metrics import prototype_ordinality, similarity_matrix
@@ -54,6 +55,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
         result[split] = metrics_from_logits(model, logits, targets)
         if split == params.evaluate.split:
             shown_logits, shown_targets = logits, targets
+    result["warnings"] = learning_warnings(result["test"], model.num_ranks, f"{method} on test")
     result["ordinality"] = prototype_ordinality(prototypes.cpu())
     initial = initial_prototypes(params, method)
     result["ordinality_initial"] = None if initial is None else prototype_ordinality(initial)["overall"]
@@ -70,13 +72,16 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     save_figure(confusion_figure(shown["confusion"], model.info["rank_words"]), figures / "confusion.png")
     save_figure(per_rank_error_figure(shown["per_rank_mae"], shown["per_rank_count"]),
                 figures / "per_rank_error.png")
+    axis = "concept" if params.method(method).head == "concepts" else "rank"
     save_figure(similarity_figure(similarity_matrix(prototypes.cpu()),
-                                  title=f"{method}: cosine similarity of rank prototypes"),
+                                  title=f"{method}: cosine similarity of {axis} prototypes",
+                                  labels=model.info["prompt_words"], axis=axis),
                 figures / "prototype_similarity.png")
     write_json(metrics_path(params, method), result)
     log(f"{method}: {params.evaluate.split} MAE {shown['mae_argmax']:.3f} (argmax) "
         f"{shown['mae_expectation']:.3f} (expectation), accuracy {shown['accuracy']:.3f} -> "
         f"{metrics_path(params, method)}")
+    report(result["warnings"], TRAIN_HINT)
     return result
 
 
@@ -91,9 +96,20 @@ COLUMNS = [  # (header, section, key)
 ]
 
 
+SUMMARY = [  # (key, section, metric): one row per method in `dvc metrics show`
+    ("val_mae", "val", "mae_argmax"),
+    ("test_mae", "test", "mae_argmax"),
+    ("test_mae_expectation", "test", "mae_expectation"),
+    ("test_accuracy", "test", "accuracy"),
+]
+
+
 def compare(params: Params, methods: list[str]) -> str:
-    """Comparison table of the methods' metrics files: JSON keyed by method, and markdown beside it."""
+    """Comparison table of the methods' metrics files: JSON keyed by method and markdown beside it,
+    plus one small summary file per method (what `dvc metrics show` lists, a row each)."""
     table: dict[str, dict[str, Any]] = {}
+    summary_dir = Path(params.evaluate.summary_dir)
+    warned = {}
     for method in methods:
         path = metrics_path(params, method)
         if not path.is_file():
@@ -101,11 +117,21 @@ def compare(params: Params, methods: list[str]) -> str:
                                f"--method {method}` first")
         result = json.loads(path.read_text())
         table[method] = {header: result[section].get(key) for header, section, key in COLUMNS}
+        warned[method] = result.get("warnings", [])
+        table[method]["warnings"] = warned[method]
+        write_json(summary_dir / f"{method}.json",
+                   {**{k: result[section].get(key) for k, section, key in SUMMARY},
+                    "warnings": len(warned[method])})
     header = ["method"] + [h for h, _, _ in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in table.items():
         cells = [method] + ["n/a" if row[h] is None else f"{row[h]:.3f}" for h in header[1:]]
+        if warned[method]:
+            cells[0] += " ⚠"
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- ⚠ {method}: {w}" for method, ws in warned.items() for w in ws]
+    if notes:
+        lines += ["", "**Warning: these models learned nothing** (" + TRAIN_HINT + "):", *notes]
     markdown = "\n".join(lines) + "\n"
     out = Path(params.evaluate.comparison)
     write_json(out, table)

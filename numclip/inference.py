@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from numclip.metrics import ordinal_metrics
 from numclip.models.ordinal import RankPromptModel
+from numclip.progress import progress
 
 
 def autocast(device: torch.device):
@@ -30,8 +31,8 @@ def collect_logits(model: RankPromptModel, dataset: Dataset, batch_size: int, de
         if prototypes is None:
             prototypes = model.prototypes()
         logits, targets = [], []
-        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers):
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for images, labels in progress(loader, f"inference ({len(dataset)} images)"):
             logits.append(model(images.to(device), prototypes=prototypes).float().cpu())
             targets.append(torch.as_tensor(labels))
     model.train(was_training)

@@ -109,13 +109,23 @@ def per_rank_error_figure(
     return fig
 
 
-def similarity_figure(similarity: Any, title: str = "Cosine similarity of rank prototypes") -> Figure:
-    """Prototype similarity heatmap; ordinal prototypes fade smoothly away from the diagonal."""
+def similarity_figure(similarity: Any, title: str = "Cosine similarity of rank prototypes",
+                      labels: Sequence[str] | None = None, axis: str = "rank") -> Figure:
+    """Prototype similarity heatmap; ordinal prototypes fade smoothly away from the diagonal.
+
+    The colour scale spans the off-diagonal values and the cells carry as many decimals as tell
+    them apart, so prototypes that are all 0.997-1.000 similar still show their structure. `axis`
+    names what the prototypes are ("rank", or "concept" for NumCLIP's bins), `labels` their words."""
     matrix = _square(similarity, "similarity")
-    fig = _heatmap(matrix, None, "cosine similarity", ".2f", cmap="magma")
+    off = matrix[~np.eye(len(matrix), dtype=bool)] if len(matrix) > 1 else matrix.ravel()
+    low, high = float(np.nanmin(off)), float(np.nanmax(off))
+    spread = high - low
+    decimals = 2 if spread >= 0.1 else min(4, 1 + int(np.ceil(-np.log10(max(spread, 1e-4)))))
+    fig = _heatmap(matrix, labels, "cosine similarity (scale: off-diagonal range)", f".{decimals}f",
+                   cmap="magma", vmin=low, vmax=high if spread > 0 else low + 1e-6)
     ax = fig.axes[0]
-    ax.set_xlabel("rank")
-    ax.set_ylabel("rank")
+    ax.set_xlabel(axis)
+    ax.set_ylabel(axis)
     ax.set_title(title)
     return fig
 

@@ -46,8 +46,9 @@ class PredictionCounts:
     first_error: str = ""
 
 
-def _walk_images(folder: Path) -> Iterator[Path]:
-    """Image files under `folder`, depth first with each directory's entries sorted by name.
+def _walk_images(folder: Path, skipped: list[Path]) -> Iterator[Path]:
+    """Image files under `folder`, depth first with each directory's entries sorted by name; other
+    files (not hidden) are appended to `skipped`, so the caller can say what it left out.
 
     The same order as sorting every `rglob` match, but only the listings on the current path are held;
     like `rglob`, symlinked directories are not followed and unreadable ones are skipped."""
@@ -58,9 +59,11 @@ def _walk_images(folder: Path) -> Iterator[Path]:
         return
     for name, is_dir in entries:
         if is_dir:
-            yield from _walk_images(folder / name)
+            yield from _walk_images(folder / name, skipped)
         elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
             yield folder / name
+        elif not name.startswith("."):
+            skipped.append(folder / name)
 
 
 def _read_list_file(path: Path) -> Iterator[Path]:
@@ -73,15 +76,17 @@ def _read_list_file(path: Path) -> Iterator[Path]:
                     yield p if p.is_absolute() else path.parent / p
 
 
-def iter_images(inputs: Sequence[str | Path]) -> Iterator[Path]:
+def iter_images(inputs: Sequence[str | Path], skipped: Optional[list[Path]] = None) -> Iterator[Path]:
     """Expand folders (recursively) and list files (one path per line, first column) into image paths, lazily.
 
     Every input is checked up front and the first image is looked for before returning, so a bad
-    input or an empty selection fails before any prediction is made."""
+    input or an empty selection fails before any prediction is made. Files in the folders that are
+    not images (by extension) are appended to `skipped` as the walk meets them."""
+    skipped = [] if skipped is None else skipped
     sources: list[Iterable[Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            sources.append(_walk_images(item))
+            sources.append(_walk_images(item, skipped))
         elif item.suffix.lower() in IMAGE_SUFFIXES:
             sources.append([item])  # a missing image becomes an error row, not a crash
         elif item.is_file():

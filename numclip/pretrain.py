@@ -20,19 +20,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
-from tqdm import tqdm
 
 from numclip.atomic import write_json
 from numclip.config import MethodConfig, Params
 from numclip.counting import (CountingBatchSampler, all_counterfactuals, count_aware_clip_loss,
                               counterfactual, counting_contrastive_loss, is_counting)
 from numclip.data import ImageRankDataset
+from numclip.diagnosis import PRETRAIN_HINT, chance_accuracy, learning_warnings, report
 from numclip.inference import autocast, collect_logits, metrics_from_logits
 from numclip.losses import clip_contrastive_loss
 from numclip.models.backbone import Backbone, create_backbone, resolve_device, save_backbone
 from numclip.models.ordinal import RankPromptModel
 from numclip.models.prompts import build_prompt_learner
 from numclip.models.text import TextTower
+from numclip.progress import progress
 from numclip.runtime import load_checked_manifest, run_record, seed_everything
 from numclip.train import cosine_schedule
 
@@ -91,7 +92,11 @@ def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, An
                                          params.evaluate.batch_size, device)
         m = metrics_from_logits(model, logits, targets)
         result[f"zero_shot_{split}"] = {k: m[k] for k in ("accuracy", "mae_argmax", "mae_expectation", "off_by_one")}
-    result["chance_accuracy"] = 1.0 / model.num_ranks
+        if split == "val":
+            val_metrics = m
+    result["chance_accuracy"] = chance_accuracy(model.num_ranks)
+    result["warnings"] = learning_warnings(val_metrics, model.num_ranks, "the zero-shot prior on val")
+    report(result["warnings"], PRETRAIN_HINT)
     result["run"] = run_record(cfg.seed, device)
     result["seconds"] = round(time.time() - start, 1)
     write_json(cfg.metrics, result)
@@ -163,7 +168,7 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
     clip.train()
     for epoch in range(1, cfg.epochs + 1):
         losses, count_losses = [], []
-        for images, captions in tqdm(loader, desc=f"pretrain epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
+        for images, captions in progress(loader, f"pretrain epoch {epoch}/{cfg.epochs}"):
             captions = list(captions)
             groups = {c: i for i, c in enumerate(dict.fromkeys(captions))}
             caption_group = torch.tensor([groups[c] for c in captions], device=device)

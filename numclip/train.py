@@ -17,12 +17,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from numclip.atomic import write_csv, write_json
 from numclip.config import Params, SubsetConfig
 from numclip.data import ImageRankDataset, Manifest
 from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
+from numclip.diagnosis import TRAIN_HINT, learning_warnings, report
 from numclip.distributed import Dist, init_distributed
 from numclip.errors import NumclipError
 from numclip.inference import autocast, collect_logits, metrics_from_logits
@@ -31,6 +31,7 @@ from numclip.models.backbone import create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.objective import training_loss
 from numclip.plots import similarity_figure
+from numclip.progress import progress
 from numclip.protocols.samplers import class_balanced_weights, distribution_shift, few_shot
 from numclip.resume import Checkpoints, ResumeMode, TrainState
 from numclip.runtime import backbone_config, load_checked_manifest, run_record, seed_everything
@@ -93,7 +94,9 @@ def make_scheduler(params: Params, optimizer: torch.optim.Optimizer, steps_per_e
 def _log_prototypes(writer: SummaryWriter, model: RankPromptModel, step: int) -> None:
     with torch.no_grad():
         sim = similarity_matrix(model.prototypes().float().cpu())
-    writer.add_figure("prototypes/similarity", similarity_figure(sim), global_step=step)
+    words = model.info["prompt_words"]
+    axis = "rank" if len(words) == model.num_ranks else "concept"
+    writer.add_figure("prototypes/similarity", similarity_figure(sim, labels=words, axis=axis), global_step=step)
 
 
 def _is_better(metric: str, value: float, best: float | None) -> bool:
@@ -155,16 +158,19 @@ def train(params: Params, method: str, log: Callable[[str], None] = print,
     writer.close()
     result = TrainResult(method, out_path, state.best_epoch, best_metrics, state.history, time.time() - start)
     if ctx.is_main:
+        warnings = learning_warnings(best_metrics, model.num_ranks, f"{method} on {cfg.select_split}")
         history = state.history
         write_csv(Path(cfg.plots_dir) / f"{method}.csv", list(history[0]), [list(h.values()) for h in history])
         write_json(Path(cfg.metrics_dir) / f"{method}.json", {
             "method": method, "best_epoch": state.best_epoch, "select_metric": cfg.select_metric,
             "select_split": cfg.select_split, "train_rows": len(manifest.split("train")),
             "train_subset": subset, "class_balanced": cfg.class_balanced,
-            "val": best_metrics, "history": history, "run": record, "seconds": round(result.seconds, 1)})
+            "val": best_metrics, "warnings": warnings, "history": history, "run": record,
+            "seconds": round(result.seconds, 1)})
         log(f"{method}: best epoch {state.best_epoch}, val MAE {best_metrics['mae_argmax']:.3f} (argmax) "
             f"{best_metrics['mae_expectation']:.3f} (expectation), accuracy {best_metrics['accuracy']:.3f}"
             f" [{result.seconds:.0f} s] -> {out_path}")
+        report(warnings, TRAIN_HINT)
     ctx.barrier()  # no process leaves (and tears down the group) while rank 0 still writes
     return result
 
@@ -267,8 +273,7 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
         batches = ShardedBatches(epoch_order(n, cfg.seed, epoch, draw_weights), cfg.batch_size,
                                  steps_per_epoch, ctx.rank, ctx.world_size, first)
         loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers)
-        bar = tqdm(loader, total=len(batches), desc=f"{method} epoch {epoch}/{cfg.epochs}",
-                   leave=False, disable=None if ctx.is_main else True)
+        bar = progress(loader, f"{method} epoch {epoch}/{cfg.epochs}", len(batches), ctx.is_main)
         for images, labels in bar:
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
             with autocast(device):

@@ -10,6 +10,7 @@ arrive later never move an existing row between splits; their roots are merged o
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +116,23 @@ def _validate(parts: list[_Part], cfg: DataConfig) -> list[Reject]:
     return rejects
 
 
+def _num_ranks_hint(rejects: list[Reject], cfg: DataConfig) -> str:
+    """For rows rejected only because K is too small: the data.num_ranks that would keep them."""
+    outside = (re.fullmatch(rf"label (\d+) outside \[0, {cfg.num_ranks}\)", r.reason) for r in rejects)
+    high = [int(m.group(1)) for m in outside if m]
+    if not high:
+        return ""
+    return (f"{len(high)} rows have labels above {cfg.num_ranks - 1} (up to {max(high)}): if those are "
+            f"ranks too, set data.num_ranks: {max(high) + 1}")
+
+
 def _check_rejects(rejects: list[Reject], total: int, cfg: DataConfig) -> None:
     if len(rejects) / total > cfg.max_reject_fraction:
+        hint = _num_ranks_hint(rejects, cfg)
         raise NumclipError(
             f"ingest: {len(rejects)} of {total} rows rejected ({len(rejects) / total:.1%} > "
             f"max_reject_fraction {cfg.max_reject_fraction:.1%}); see {cfg.rejects} for each row "
-            "and reason")
+            "and reason" + (f"; {hint}" if hint else ""))
 
 
 def _split(part: _Part, cfg: DataConfig) -> list[ManifestRow]:
@@ -182,5 +194,11 @@ def ingest(cfg: DataConfig) -> IngestReport:
                         label_counts={k: labels.get(k, 0) for k in range(cfg.num_ranks)},
                         manifest=Path(cfg.manifest), rejects=Path(cfg.rejects), incoming=cfg.incoming,
                         drop_rows={p.name: len(p.rows) for p in parts if p.name is not None},
-                        warnings=[f"{p} lies outside data.root ({cfg.root}), so DVC will not see it change: "
-                                  "set data.root to the folder that holds it" for p in unwatched_inputs(cfg)])
+                        warnings=_warnings(rejects, cfg))
+
+
+def _warnings(rejects: list[Reject], cfg: DataConfig) -> list[str]:
+    warnings = [f"{p} lies outside data.root ({cfg.root}), so DVC will not see it change: set data.root "
+                "to the folder that holds it" for p in unwatched_inputs(cfg)]
+    hint = _num_ranks_hint(rejects, cfg)
+    return warnings + ([hint] if hint else [])

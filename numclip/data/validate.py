@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from numclip.data.manifest import SPLITS, Candidate, ManifestRow
 from numclip.errors import NumclipError
+from numclip.progress import progress
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def validate(candidates: list[Candidate], images_root: str | os.PathLike, num_ra
                            "that image paths are relative to)")
     ctx = _Context(os.path.abspath(root), os.path.realpath(root), {})
     rows, rejects = [], []
-    for c in candidates:
+    for c in progress(candidates, f"checking {len(candidates)} rows" + (" and images" if verify_images else "")):
         try:
             rows.append(_check(c, ctx, num_ranks, verify_images))
         except _Rejected as r:
