@@ -122,12 +122,11 @@ def compare(params: Params, methods: list[str]) -> str:
         write_json(summary_dir / f"{method}.json",
                    {**{k: result[section].get(key) for k, section, key in SUMMARY},
                     "warnings": len(warned[method])})
-    header = ["method"] + [h for h, _, _ in COLUMNS]
+    header = ["method"] + [h for h, _, _ in COLUMNS] + ["warnings"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in table.items():
-        cells = [method] + ["n/a" if row[h] is None else f"{row[h]:.3f}" for h in header[1:]]
-        if warned[method]:
-            cells[0] += " ⚠"
+        cells = [method] + ["n/a" if row[h] is None else f"{row[h]:.3f}" for h, _, _ in COLUMNS]
+        cells.append(f"⚠ {len(warned[method])}" if warned[method] else "")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- ⚠ {method}: {w}" for method, ws in warned.items() for w in ws]
     if notes:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from numclip.atomic import write_text
+from numclip.errors import NumclipError
 
 
 def round_trip_yaml() -> YAML:
@@ -27,9 +29,23 @@ def round_trip_yaml() -> YAML:
 
 
 def load_document(path: Path) -> Any:
-    """The file's round-trip document ({} when it is missing or empty)."""
-    doc = round_trip_yaml().load(path.read_text(encoding="utf-8")) if path.exists() else None
-    return doc if doc is not None else {}
+    """The file's round-trip document ({} when it is missing or empty); NumclipError naming the file
+    when it is not a readable YAML mapping."""
+    if not path.exists():
+        return {}
+    try:
+        doc = round_trip_yaml().load(path.read_text(encoding="utf-8"))
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise NumclipError(f"{path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise NumclipError(f"{path} cannot be read: {e}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise NumclipError(f"{path} must hold a mapping of sections, got {type(doc).__name__}")
+    return doc
 
 
 def set_in_document(doc: Any, keys: list[str], value: Any) -> bool:
