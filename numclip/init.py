@@ -56,10 +56,9 @@ class Survey:
     def num_ranks(self) -> int:
         return len(self.label_counts)
 
-    @property
-    def n_train(self) -> int:
-        """Training rows: the source's own train split, else data.split's share."""
-        return self.split_counts.get("train") or round(0.7 * (self.n_rows - len(self.rejects)))
+    def n_train(self, train_fraction: float) -> int:
+        """Training rows: the source's own train split, else data.split's share of the valid rows."""
+        return self.split_counts.get("train") or round(train_fraction * sum(self.label_counts.values()))
 
     def summary(self) -> str:
         counts = self.label_counts.values()
@@ -120,6 +119,10 @@ def survey(path: str | Path, source: Optional[str] = None) -> Survey:
     counts = Counter(r.label for r in rows)
     splits = Counter(r.split for r in rows if r.split)
     root = images_root if source == "folder" else _common_parent(path.resolve().parent, images_root)
+    if Path.cwd().resolve().is_relative_to(root):
+        raise NumclipError(
+            f"numclip init: the data's folder {root} holds this project, so DVC would watch the "
+            "pipeline's own outputs as data: put the images (and their table) in a folder of their own")
     return Survey(source=source, path=_relative(path), root=_relative(root), n_rows=len(candidates),
                   label_counts={r: counts.get(r, 0) for r in range(k)},
                   split_counts={s: splits[s] for s in SPLITS if splits[s]},
@@ -148,8 +151,8 @@ class InitReport:
     notes: list[str]
 
     def summary(self) -> str:
-        lines = [self.survey.summary(), f"wrote {self.params_file}:"]
-        lines += [f"  {k}: {v}" for k, v in self.settings.items()]
+        lines = [self.survey.summary(), f"wrote {self.params_file} (keys left null follow the task preset):"]
+        lines += [f"  {k}: {v}" for k, v in self.settings.items() if v not in (None, {}, 0)]
         lines += [f"note: {n}" for n in self.notes]
         if self.removed:
             lines.append(f"cleared the previous data's results: {', '.join(self.removed)}")
@@ -162,6 +165,7 @@ def _settings(found: Survey, task: str, rank_words: Optional[list[str]], templat
               base: Params) -> tuple[dict[str, Any], list[str]]:
     """The keys init writes: the source, K, the task preset and the budget."""
     notes = []
+    n_train = found.n_train(base.data.split.train)
     settings: dict[str, Any] = {
         "data.source": found.source, "data.path": found.path, "data.root": found.root,
         "data.split_paths": {}, "data.images_root": None, "data.num_ranks": found.num_ranks,
@@ -170,8 +174,8 @@ def _settings(found: Survey, task: str, rank_words: Optional[list[str]], templat
         "task.concepts.names": None, "task.concepts.label_shift": 0,
         "pretrain.counting.weight": None,
         "comparison.backbones": ["plain"] if TASK_PRESETS[task].counts else [],
-        "pretrain.epochs": epochs_for(PRETRAIN_STEPS, found.n_train, base.pretrain.batch_size),
-        "train.epochs": epochs_for(TRAIN_STEPS, found.n_train, base.train.batch_size),
+        "pretrain.epochs": epochs_for(PRETRAIN_STEPS, n_train, base.pretrain.batch_size),
+        "train.epochs": epochs_for(TRAIN_STEPS, n_train, base.train.batch_size),
     }
     if rejected := len(found.rejects) / max(found.n_rows, 1):
         allowed = base.data.max_reject_fraction

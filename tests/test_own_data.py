@@ -192,8 +192,12 @@ def test_init_errors_and_budget(tmp_path, monkeypatch):
         load_params("params.yaml")
     (tmp_path / "0").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "0" / "a.png")
-    with pytest.raises(NumclipError, match="duplicate key"):  # init does not overwrite what it cannot read
+    with pytest.raises(NumclipError, match="holds this project"):
         init_project(".")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "0").rename(tmp_path / "own" / "0")
+    with pytest.raises(NumclipError, match="duplicate key"):  # init does not overwrite what it cannot read
+        init_project("own")
     assert epochs_for(330, 2100, 64) == 10, "the embedded demo's own budget"
     assert epochs_for(330, 100, 64) == 165 and epochs_for(330, 10, 64) == 200  # capped
 
