@@ -213,7 +213,8 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     print(f"predicted {counts.predicted} images -> {args.out}")
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        print(f"skipped {len(skipped)} files that are not images (by extension): {shown}", file=sys.stderr)
+        files = "1 file that is not an image" if len(skipped) == 1 else f"{len(skipped)} files that are not images"
+        print(f"skipped {files} (by extension): {shown}", file=sys.stderr)
     if counts.failed:
         print(f"{counts.failed} images could not be read (rows with an 'error' column in {args.out}), "
               f"e.g. {counts.first_error}", file=sys.stderr)

@@ -108,7 +108,7 @@ def test_predict_on_the_folder_lists_what_it_skipped(folder_repo):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((repo / "predictions.csv").open()))
     assert len(rows) == 10 * K and all(0 <= int(r["rank"]) < K for r in rows)
-    assert "skipped 1 files that are not images" in proc.stderr and "notes.txt" in proc.stderr
+    assert "skipped 1 file that is not an image" in proc.stderr and "notes.txt" in proc.stderr
 
 
 def test_a_changed_image_reruns_the_pipeline(folder_repo, tmp_path):
