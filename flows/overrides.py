@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from numclip.config import load_params, parse_override
-from numclip.params_file import load_document, set_in_document, write_document
+from numclip.config.params_file import load_document, set_in_document, write_document
 
 
 def apply_param_overrides(project: Path, overrides: list[str]) -> list[str]:

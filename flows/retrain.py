@@ -17,8 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.overrides import apply_param_overrides
-from flows.report import (dvc_metrics_diff, metrics_changes, metrics_snapshot, metrics_table,
-                          report_markdown)
+from flows.report import dvc_metrics_diff, metrics_changes, metrics_snapshot, metrics_table, report_markdown
 from flows.stages import StageResult, is_transient, pipeline_stages, run_stage
 from numclip.config import load_params
 

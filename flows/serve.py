@@ -16,8 +16,8 @@ import time
 
 from prefect import serve
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL
 
 from flows.retrain import retrain
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import yaml
+
+from numclip.commands.run import pipeline
+from numclip.core.errors import NumclipError
 
 # Output that marks a failure another attempt can fix: another DVC process holds the repository lock
 # (DVC gives up after 3 s), or a file system / network hiccup.
@@ -61,14 +64,12 @@ def read_lock(project: Path) -> dict[str, object]:
 
 
 def pipeline_stages(project: Path) -> list[str]:
-    """The stages of dvc.yaml in its order, a foreach/matrix group once (`train` for `train@coop`, ...):
-    the one stage list, so a stage added to dvc.yaml (or one that the params switch off) needs no edit
-    here."""
-    proc = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=project, capture_output=True,
-                          text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
-    if proc.returncode != 0:
-        raise StageFailed("(stage list)", proc.returncode, proc.stdout + proc.stderr)
-    return list(dict.fromkeys(line.split("@")[0] for line in proc.stdout.split()))
+    """The dvc.yaml entries in run order, a foreach/matrix group once (`train` for `train@coop`, ...):
+    read by DVC from dvc.yaml, the one stage list, so a stage added there needs no edit here."""
+    try:
+        return list(dict.fromkeys(stage.group for stage in pipeline(project)))
+    except NumclipError as e:
+        raise StageFailed("(stage list)", 2, str(e)) from None
 
 
 def _belongs(entry: str, stage: str) -> bool:

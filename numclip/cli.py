@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from numclip.config import TASK_PRESETS, Params, load_params
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 
 BACKBONES = ("count-aware", "plain")
 
@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "changed); '--resume auto' (the DVC stage) starts afresh instead when they changed")
     sub.add_parser("counting", parents=[common], help="zero-shot counting (CountBench-style) of the "
                    "count-aware and plain backbones, and the methods trained on each")
-    sub.add_parser("compare", parents=[common], help="comparison table of evaluated methods")
-    run = sub.add_parser("run", parents=[common], help="every stage in order (what `dvc repro` runs), then compare")
+    compare = sub.add_parser("compare", parents=[common], help="comparison table of evaluated methods")
+    compare.add_argument("--method", action="append", help="these methods only (repeatable; default: all)")
+    run = sub.add_parser("run", parents=[common], help="every stage of dvc.yaml in order, without DVC's cache "
+                         "(`dvc repro` is the usual way)")
     run.add_argument("--method", action="append", help="restrict to these methods (repeatable)")
 
     p = sub.add_parser("import", help="read a licensed dataset's own layout (morph, adience, hci, "
@@ -116,19 +118,19 @@ def _methods(params: Params, chosen: Optional[list[str]]) -> list[str]:
 
 
 def cmd_ingest(params: Params) -> None:
-    from numclip.data import ingest
+    from numclip.stages.ingest import run_ingest
 
-    print(ingest(params.data).summary())
+    print(run_ingest(params).summary())
 
 
 def cmd_pretrain(params: Params) -> None:
-    from numclip.pretrain import pretrain
+    from numclip.stages.pretrain import pretrain
 
     pretrain(params)
 
 
 def cmd_prototypes(params: Params) -> None:
-    from numclip.prototypes import compute_prototypes
+    from numclip.stages.prototypes import compute_prototypes
 
     compute_prototypes(params)
 
@@ -136,7 +138,7 @@ def cmd_prototypes(params: Params) -> None:
 def cmd_train(params: Params, methods: list[str], resume: str = "never") -> None:
     import torch.distributed as dist
 
-    from numclip.train import train
+    from numclip.stages.train import train
 
     try:
         for method in methods:
@@ -147,21 +149,21 @@ def cmd_train(params: Params, methods: list[str], resume: str = "never") -> None
 
 
 def cmd_evaluate(params: Params, methods: list[str]) -> None:
-    from numclip.evaluate import evaluate
+    from numclip.stages.evaluate import evaluate
 
     for method in methods:
         evaluate(params, method)
 
 
 def cmd_compare(params: Params, methods: list[str]) -> None:
-    from numclip.evaluate import compare
+    from numclip.stages.evaluate import compare
 
     print(compare(params, methods), end="")
     print(f"(written to {params.evaluate.comparison} and its .md)")
 
 
 def cmd_counting(params: Params) -> None:
-    from numclip.counting.stage import run_counting
+    from numclip.stages.counting import run_counting
 
     run_counting(params)
 
@@ -184,7 +186,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    from numclip.init import init_project
+    from numclip.commands.init import init_project
 
     words = [w.strip() for w in args.rank_words.split(",")] if args.rank_words else None
     report = init_project(args.data, args.task, args.source, words, args.template, args.params,
@@ -201,10 +203,19 @@ def cmd_protocol(args: argparse.Namespace) -> None:
         print(f"curve -> {save_protocol_curve(result['runs'], args.plot, protocol)}")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from numclip.commands.run import run_pipeline
+
+    common = ["--params", args.params, *(a for o in args.overrides for a in ("--set", o))]
+    run_pipeline(main, common, args.method)
+    if args.method:  # a restricted evaluate does not end with the comparison table
+        main(["compare", *common, *(a for m in args.method for a in ("--method", m))])
+
+
 def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     """Stream images -> predictions -> CSV rows, so memory stays flat however many images there are."""
+    from numclip.commands.predict import Predictor, iter_images, write_predictions
     from numclip.models.backbone import resolve_device
-    from numclip.predict import Predictor, iter_images, write_predictions
 
     predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
     skipped: list = []
@@ -249,26 +260,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.method:  # evaluating every method ends with the comparison table
                 cmd_compare(params, methods)
         elif args.command == "compare":
-            cmd_compare(params, _methods(params, None))
+            cmd_compare(params, _methods(params, args.method))
         elif args.command == "counting":
             cmd_counting(params)
         elif args.command == "run":
-            methods = _methods(params, args.method)
-            twins = [params.with_plain_backbone()] if params.compares_backbones else []
-            cmd_ingest(params)
-            for p in [params, *twins]:
-                cmd_pretrain(p)
-            cmd_prototypes(params)
-            for p in [params, *twins]:
-                cmd_train(p, methods)
-            cmd_evaluate(params, methods)
-            cmd_compare(params, methods)
-            if twins:
-                cmd_counting(params)
+            cmd_run(args)
         elif args.command == "predict":
             cmd_predict(params, args)
         elif args.command == "bench":
-            from numclip.bench import run as run_bench
+            from numclip.commands.bench import run as run_bench
 
             run_bench(args.out, args.quick)
     except NumclipError as e:

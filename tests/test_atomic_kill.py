@@ -34,11 +34,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from safetensors.torch import load_file
 
-from numclip.atomic import atomic_path, write_csv, write_json
+from numclip.core.atomic import atomic_path, write_csv, write_json
 from numclip.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
+from numclip.evaluation.plots import save_figure
 from numclip.models.head import load_prototypes, save_prototypes
 from numclip.models.ordinal import read_model_info, save_model
-from numclip.plots import save_figure
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 6  # per writer; each kill is a fresh forked writer killed at a seeded random moment

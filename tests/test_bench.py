@@ -3,7 +3,7 @@ the CPU grid holds only what runs on CPU, and the plot is written."""
 
 import torch
 
-from numclip.bench import PASSES, grid, head_cases, loss_cases, plot, time_ms
+from numclip.commands.bench import PASSES, grid, head_cases, loss_cases, plot, time_ms
 
 CPU = torch.device("cpu")
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from numclip.config import load_params
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor
 from numclip.models.ordinal import ConceptModel, build_model, load_model, save_model
-from numclip.objective import training_loss
+from numclip.training.objective import training_loss
 
 
 def test_counting_preset_maps_every_rank_to_exactly_one_bin():

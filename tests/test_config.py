@@ -3,7 +3,7 @@
 import pytest
 
 from numclip.config import load_params, parse_override
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 
 
 def test_defaults_and_repo_params_agree():
@@ -57,7 +57,7 @@ def test_atomic_write_leaves_ordinary_permissions_and_no_temporaries(tmp_path):
     import os
     import stat
 
-    from numclip.atomic import atomic_path, write_json
+    from numclip.core.atomic import atomic_path, write_json
 
     write_json(tmp_path / "a" / "m.json", {"x": 1})
     mode = stat.S_IMODE(os.stat(tmp_path / "a" / "m.json").st_mode)

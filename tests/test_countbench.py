@@ -11,6 +11,8 @@ from PIL import Image
 from torch import nn
 
 from numclip.config import ModelConfig, load_params
+from numclip.config.paths import model_path
+from numclip.core.errors import NumclipError
 from numclip.counting.captions import find_count
 from numclip.counting.countbench import (
     CountItem,
@@ -18,12 +20,10 @@ from numclip.counting.countbench import (
     read_countbench,
     synthetic_items,
 )
-from numclip.counting.stage import run_counting
 from numclip.data import Manifest, ManifestRow, ingest, read_manifest
-from numclip.errors import NumclipError
 from numclip.models.backbone import Backbone, create_backbone, save_backbone
 from numclip.models.ordinal import build_model, save_model
-from numclip.train import model_path
+from numclip.stages.counting import run_counting
 
 
 def _png(path, value=128, size=8):
@@ -95,7 +95,8 @@ def test_read_countbench_basename_shared_by_two_entries_is_not_used(tmp_path):
 @pytest.mark.parametrize("content, match", [
     ("[{\"image_url\": 1,", r"CountBench.json is not valid JSON"),
     ("{\"image_url\": \"u\"}", r"CountBench.json must hold a JSON list"),
-    (json.dumps([ENTRIES[0], {"image_url": "u", "text": "two"}]), r"CountBench.json entry \[1\] lacks field\(s\) number"),
+    (json.dumps([ENTRIES[0], {"image_url": "u", "text": "two"}]),
+     r"CountBench.json entry \[1\] lacks field\(s\) number"),
     (json.dumps([ENTRIES[0], ENTRIES[1], "x"]), r"CountBench.json entry \[2\] is a str"),
     (json.dumps([dict(ENTRIES[0], number="2")]), r"entry \[0\]: number must be an integer"),
 ])

@@ -9,23 +9,22 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from numclip.config import ModelConfig
+from numclip.core.errors import NumclipError
 from numclip.counting import (
     COUNT_WORDS,
     COUNTS,
     CountingBatchSampler,
     CountMention,
     all_counterfactuals,
-    count_aware_clip_loss,
     count_captions,
     counterfactual,
-    counting_contrastive_loss,
     find_count,
     is_counting,
     with_count,
 )
 from numclip.data.synthetic import make_caption
-from numclip.errors import NumclipError
-from numclip.losses import clip_contrastive_loss
+from numclip.losses.contrastive import clip_contrastive_loss
+from numclip.losses.counting import count_aware_clip_loss, counting_contrastive_loss
 from numclip.models.backbone import create_backbone
 
 # ---------------------------------------------------------------------------------------------- captions

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from numclip.core.errors import NumclipError
 from numclip.data import ImageRankDataset, load_image
 from numclip.data.manifest import Manifest, ManifestRow
-from numclip.errors import NumclipError
 
 
 @pytest.fixture

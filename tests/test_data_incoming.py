@@ -11,8 +11,8 @@ from PIL import Image
 
 from numclip.cli import main
 from numclip.config import DataConfig
+from numclip.core.errors import NumclipError
 from numclip.data import ingest, read_manifest
-from numclip.errors import NumclipError
 
 
 def _png(path, colour=(0, 128, 255)):

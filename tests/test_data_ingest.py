@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from numclip.config import DataConfig
+from numclip.core.errors import NumclipError
 from numclip.data import ingest, read_manifest
-from numclip.errors import NumclipError
 
 
 def _png(path, colour=(0, 128, 255)):

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
-from numclip.errors import NumclipError
 
 
 def _manifest(root):

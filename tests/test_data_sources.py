@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from numclip.config import DataConfig
+from numclip.core.errors import NumclipError
 from numclip.data.sources import read_folder, read_listfile, read_source, read_table
-from numclip.errors import NumclipError
 
 
 def _png(path):
@@ -36,7 +36,8 @@ def test_csv_rows_line_numbers_and_optional_columns(tmp_path):
 def test_csv_without_required_column_names_file_and_columns(tmp_path):
     f = tmp_path / "labels.csv"
     f.write_text("path,rank\na.png,1\n")
-    with pytest.raises(NumclipError, match=r"labels\.csv: missing required column\(s\) label; it has columns path, rank"):
+    expected = r"labels\.csv: missing required column\(s\) label; it has columns path, rank"
+    with pytest.raises(NumclipError, match=expected):
         read_table(f)
 
 

@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 
 from numclip.config import SplitConfig
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import ManifestRow
 from numclip.data.splits import assign_splits
-from numclip.errors import NumclipError
 
 
 def _rows(per_label: dict[int, int], split: str = "") -> list[ManifestRow]:

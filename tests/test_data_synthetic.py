@@ -9,9 +9,8 @@ from PIL import Image
 from scipy import ndimage
 
 from numclip.config import SyntheticConfig
-from numclip.data.synthetic import (CIRCUMRADIUS, COLOURS, generate_synthetic, make_caption, margin_px,
-                                    place_objects)
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
+from numclip.data.synthetic import CIRCUMRADIUS, COLOURS, generate_synthetic, make_caption, margin_px, place_objects
 
 
 def _generate(tmp_path, name, **kw):

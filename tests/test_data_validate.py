@@ -5,9 +5,9 @@ import os
 import pytest
 from PIL import Image
 
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import Candidate, ManifestRow
 from numclip.data.validate import validate
-from numclip.errors import NumclipError
 
 
 @pytest.fixture

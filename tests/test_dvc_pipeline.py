@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from tiny_repo import METHODS, STAGES, dvc, dvc_env, make_tiny_repo
 
 

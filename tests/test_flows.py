@@ -23,18 +23,17 @@ import pytest
 import yaml
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
-                                            FlowRunFilterId)
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from tiny_repo import dvc_env, make_tiny_repo
 
 from flows.overrides import apply_param_overrides
 from flows.report import metrics_changes
 from flows.retrain import REPORT_KEY, retrain
 from flows.stages import StageFailed, is_transient
-from numclip.errors import NumclipError
-from tiny_repo import dvc_env, make_tiny_repo
+from numclip.core.errors import NumclipError
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_S = 120

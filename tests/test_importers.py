@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from numclip.core.errors import NumclipError
 from numclip.data.sources import read_table
 from numclip.data.validate import validate
-from numclip.errors import NumclipError
 from numclip.importers import IMPORTERS, import_dataset
 from numclip.importers.adience import AGE_GROUPS, age_group
 from numclip.importers.common import Bad

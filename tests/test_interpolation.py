@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.models.interpolation import anchors, interpolation_weights
 
 

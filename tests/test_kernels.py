@@ -11,7 +11,7 @@ import torch
 
 from numclip.kernels import cosine_logits, cosine_logits_reference, ranking_weighted_cross_entropy
 from numclip.kernels.dispatch import resolve
-from numclip.ranking_losses import ranking_weighted_cross_entropy as reference_ce
+from numclip.losses.ranking import ranking_weighted_cross_entropy as reference_ce
 
 DEVICE = os.environ.get("NUMCLIP_TEST_DEVICE", "cpu")
 DTYPES = [torch.float32, torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
@@ -99,7 +99,7 @@ def test_cosine_logits_values_and_gradients(dtype, shape):
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), ref, **_tolerance(dtype, out, ref, low))
     for name, a, b, c in zip(("features", "prototypes", "scale"), grads, ref_grads, low_grads):
-        torch.testing.assert_close(a.double(), b, **_tolerance(dtype, a, b, c), msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.double(), b, **_tolerance(dtype, a, b, c), msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_cosine_logits_float_scale_zero_rows_and_no_grad():

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from numclip import losses
+from numclip.losses import contrastive as losses
+from numclip.models import readouts
 
 
 def test_cross_entropy_hand_computed():
@@ -100,17 +101,17 @@ def test_gradcheck_both_losses():
 def test_readouts_on_known_logits():
     # Row 0: uniform over 3 -> expectation 1.  Row 1: probs [1/4, 1/4, 1/2] -> 0.25 + 2 * 0.5 = 1.25.
     logits = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.log(2.0)]])
-    probs = losses.probabilities(logits)
+    probs = readouts.probabilities(logits)
     assert torch.allclose(probs[1], torch.tensor([0.25, 0.25, 0.5]))
-    assert losses.readout_argmax(logits[1:]).tolist() == [2]
-    assert losses.readout_argmax(logits).dtype == torch.long
-    expectation = losses.readout_expectation(logits)
+    assert readouts.readout_argmax(logits[1:]).tolist() == [2]
+    assert readouts.readout_argmax(logits).dtype == torch.long
+    expectation = readouts.readout_expectation(logits)
     assert expectation.dtype == torch.float32
     assert torch.allclose(expectation, torch.tensor([1.0, 1.25]))
 
 
 def test_clip_contrastive_loss_hand_computed():
-    from numclip.losses import clip_contrastive_loss
+    from numclip.losses.contrastive import clip_contrastive_loss
 
     # orthonormal features: logits = s * I with s = ln 3, so each row is softmax([ln3*1, 0]) -> p = 3/4
     f = torch.eye(2)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from numclip.metrics import ordinal_metrics, prototype_ordinality, similarity_matrix
+from numclip.evaluation.metrics import ordinal_metrics, prototype_ordinality, similarity_matrix
 
 TARGET = np.array([0, 1, 2, 3, 3])
 ARGMAX = np.array([0, 2, 2, 1, 3])

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from numclip.config import ModelConfig, load_params
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.models.backbone import create_backbone, load_weights_file
 from numclip.models.head import cosine_logits, load_prototypes, save_prototypes
 from numclip.models.ordinal import build_model, load_model, save_model

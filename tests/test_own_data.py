@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
-from numclip.config import load_params
-from numclip.diagnosis import learning_warnings
-from numclip.errors import NumclipError
-from numclip.init import epochs_for, init_project, survey
 from tiny_repo import REPO, dvc, dvc_env, make_tiny_repo
+
+from numclip.commands.init import epochs_for, init_project, survey
+from numclip.config import load_params
+from numclip.core.errors import NumclipError
+from numclip.evaluation.diagnosis import learning_warnings
 
 K = 4
 TINY = ["pretrain.epochs=0", "train.epochs=1", "train.batch_size=16", "evaluate.batch_size=64",
@@ -241,7 +241,7 @@ def test_no_warning_on_the_embedded_demo():
 
 
 def test_progress_bar_shows_on_a_terminal_with_no_size_and_not_in_a_pipe():
-    code = "from numclip.progress import progress\nfor _ in progress(range(3), 'demo'): pass"
+    code = "from numclip.core.progress import progress\nfor _ in progress(range(3), 'demo'): pass"
     piped = subprocess.run(["python", "-c", code], capture_output=True, text=True, timeout=60)
     assert piped.stderr == "" and piped.stdout == ""
     pty = pytest.importorskip("pty")

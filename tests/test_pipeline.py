@@ -16,10 +16,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from numclip.cli import main
+from numclip.commands.predict import predict
 from numclip.data import ImageRankDataset, read_manifest
-from numclip.inference import collect_logits
+from numclip.evaluation.inference import collect_logits
 from numclip.models.ordinal import load_model
-from numclip.predict import predict
 
 K = 5
 TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=600", "data.synthetic.image_size=48",
@@ -143,7 +143,8 @@ def test_predict_cli_on_folder_with_a_broken_image(run_dir, tmp_path, capsys):
 
 def test_prototype_cache_reencodes_only_changed_prompts(run_dir, monkeypatch):
     from numclip.config import load_params
-    from numclip.prototypes import compute_prototypes, read_cache
+    from numclip.models.prototype_cache import read_cache
+    from numclip.stages.prototypes import compute_prototypes
 
     monkeypatch.chdir(run_dir)
     before, _ = read_cache("artifacts/prototypes.safetensors")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from numclip.metrics import ordinal_metrics, similarity_matrix
-from numclip.plots import confusion_figure, per_rank_error_figure, save_figure, similarity_figure
+from numclip.evaluation.metrics import ordinal_metrics, similarity_matrix
+from numclip.evaluation.plots import confusion_figure, per_rank_error_figure, save_figure, similarity_figure
 
 
 def _assert_png(path):

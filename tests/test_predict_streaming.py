@@ -14,11 +14,17 @@ import pytest
 from PIL import Image
 
 from numclip.cli import main
+from numclip.commands.predict import (
+    IMAGE_SUFFIXES,
+    Prediction,
+    Predictor,
+    collect_images,
+    iter_images,
+    write_predictions,
+)
 from numclip.config import load_params
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.models.ordinal import build_model, save_model
-from numclip.predict import (IMAGE_SUFFIXES, Prediction, Predictor, collect_images, iter_images,
-                             write_predictions)
 
 K = 5
 

@@ -11,7 +11,7 @@ from numclip.config import ModelConfig, load_params
 from numclip.counting import CountingBatchSampler
 from numclip.data import ImageRankDataset, ingest, read_manifest
 from numclip.models.backbone import create_backbone, save_backbone
-from numclip.pretrain import CaptionedImages, _loader, pretrain
+from numclip.stages.pretrain import CaptionedImages, _loader, pretrain
 
 
 @pytest.fixture(scope="module")

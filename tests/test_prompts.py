@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from numclip.config import MethodConfig
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.models.prompts import ContextPrompts, InterpolatedPrompts, build_prompt_learner
 from numclip.models.text import TextTower
 

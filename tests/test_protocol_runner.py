@@ -11,10 +11,10 @@ from PIL import Image
 
 from numclip.cli import main
 from numclip.config import load_params
+from numclip.core.errors import NumclipError
 from numclip.data import read_manifest
 from numclip.data.manifest import Candidate
 from numclip.data.splits import select_fold
-from numclip.errors import NumclipError
 from numclip.protocols.recipes import load_recipe
 
 TINY = ["data.num_ranks=4", "data.synthetic.num_images=120", "data.synthetic.image_size=32",
@@ -89,7 +89,8 @@ def test_select_fold_as_test_set_or_the_folds_own_splits():
 def test_test_set_selection_only_on_request():
     with pytest.raises(NumclipError, match="allow_test_selection"):
         load_params(None, ["train.select_split=test"])
-    assert load_params(None, ["train.select_split=test", "train.allow_test_selection=true"]).train.select_split == "test"
+    allowed = load_params(None, ["train.select_split=test", "train.allow_test_selection=true"])
+    assert allowed.train.select_split == "test"
 
 
 def _hci_tree(root, per_decade=6):

@@ -7,19 +7,17 @@ from collections import Counter
 import pytest
 import torch
 
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import ManifestRow
 from numclip.data.order import epoch_order
-from numclip.errors import NumclipError
-from numclip.protocols import (
+from numclip.data.samplers import (
     SampleReport,
-    aggregate,
     apply_sampler,
     class_balanced_weights,
     distribution_shift,
     few_shot,
-    results_markdown,
-    write_results,
 )
+from numclip.protocols import aggregate, results_markdown, write_results
 
 
 def _rows(per_label: dict[int, int], split: str) -> list[ManifestRow]:

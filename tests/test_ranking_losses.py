@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from numclip.kernels.released import released_ce_dis_loss  # the released code, verbatim but for its device
-from numclip.losses import text_to_image_kl
-from numclip.ranking_losses import (
+from numclip.losses.contrastive import text_to_image_kl
+from numclip.losses.ranking import (
     ordinal_pairwise_loss,
     ranking_weighted_cross_entropy,
     ranking_weighted_kl,

@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from numclip.checkpoint import load_checkpoint, save_checkpoint
+from numclip.core.errors import NumclipError
 from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
-from numclip.errors import NumclipError
+from numclip.training.checkpoint import load_checkpoint, save_checkpoint
 
 K = 5
 TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=200", "data.synthetic.image_size=32",

@@ -1,4 +1,5 @@
-"""Count-aware CLIP ("Teaching CLIP to Count to Ten"): counterfactual captions, L_count, mixed batches."""
+"""The counting domain ("Teaching CLIP to Count to Ten"): count words in captions, counterfactual
+captions, mixed counting batches, CountBench and attribute probes. Its loss is numclip.losses.counting."""
 
 from numclip.counting.captions import (
     COUNT_WORDS,
@@ -11,10 +12,9 @@ from numclip.counting.captions import (
     is_counting,
     with_count,
 )
-from numclip.counting.loss import count_aware_clip_loss, counting_contrastive_loss
 from numclip.counting.sampler import CountingBatchSampler
 
 __all__ = [
-    "COUNT_WORDS", "COUNTS", "CountMention", "CountingBatchSampler", "all_counterfactuals", "count_aware_clip_loss",
-    "count_captions", "counterfactual", "counting_contrastive_loss", "find_count", "is_counting", "with_count",
+    "COUNT_WORDS", "COUNTS", "CountMention", "CountingBatchSampler", "all_counterfactuals",
+    "count_captions", "counterfactual", "find_count", "is_counting", "with_count",
 ]

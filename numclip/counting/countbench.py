@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from numclip.core.errors import NumclipError
 from numclip.counting.captions import COUNTS, count_captions, find_count
 from numclip.data.dataset import load_image
 from numclip.data.manifest import Manifest
-from numclip.errors import NumclipError
-from numclip.inference import autocast
+from numclip.evaluation.inference import autocast
 from numclip.models.backbone import Backbone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 
 
 class _Pool:

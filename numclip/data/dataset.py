@@ -10,8 +10,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import Manifest
-from numclip.errors import NumclipError
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import Candidate, ManifestRow
 from numclip.data.sources import read_folder, read_table
-from numclip.errors import NumclipError
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 

@@ -15,8 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from numclip.atomic import write_csv
 from numclip.config import DataConfig
+from numclip.core.atomic import write_csv
+from numclip.core.errors import NumclipError
 from numclip.data.incoming import common_root, read_drops, rebase
 from numclip.data.manifest import (
     SPLITS,
@@ -28,7 +29,6 @@ from numclip.data.manifest import (
 from numclip.data.sources import read_source
 from numclip.data.splits import assign_splits, select_fold
 from numclip.data.validate import Reject, validate
-from numclip.errors import NumclipError
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from numclip.atomic import atomic_path
-from numclip.errors import NumclipError
+from numclip.config import Params
+from numclip.core.atomic import atomic_path
+from numclip.core.errors import NumclipError
 
 SPLITS = ("train", "val", "test")
 META_IMAGES_ROOT = "numclip.images_root"
@@ -131,3 +132,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                                f"split {r.split!r} (need a path, a label in [0, {num_ranks}) "
                                f"and a split in {', '.join(SPLITS)})")
     return Manifest(rows=rows, images_root=images_root, num_ranks=num_ranks)
+
+
+def load_checked_manifest(params: Params) -> Manifest:
+    manifest = read_manifest(params.data.manifest)
+    if manifest.num_ranks != params.data.num_ranks:
+        raise NumclipError(f"{params.data.manifest} was written for {manifest.num_ranks} ranks but "
+                           f"data.num_ranks is {params.data.num_ranks}: re-run `numclip ingest`")
+    return manifest

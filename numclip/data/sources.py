@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from numclip.config import DataConfig
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import SPLITS, Candidate
 from numclip.data.synthetic import generate_synthetic
-from numclip.errors import NumclipError
 
 __all__ = ["Candidate", "read_table", "read_folder", "read_lines", "read_listfile", "read_source"]
 
@@ -83,7 +83,7 @@ def _read_csv(path: Path) -> list[Candidate]:
                 if len(fields) != len(names):
                     raise NumclipError(f"{path}:{line} has {len(fields)} fields but the header has "
                                        f"{len(names)} (quote values that contain commas)")
-                out.append(_candidate(lambda k: fields[index[k]] if k in index else None,
+                out.append(_candidate(lambda k: fields[index[k]] if k in index else None,  # noqa: B023 (called at once)
                                       f"{path}:{line}"))
     except UnicodeDecodeError as e:
         raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
@@ -99,7 +99,8 @@ def _read_parquet(path: Path) -> list[Candidate]:
         raise NumclipError(f"{path} is not a readable Parquet file: {e}") from None
     _check_columns(path, table.column_names)
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    return [_candidate(lambda k: columns[k][i] if k in columns else None, f"{path}:row {i + 1}")
+    return [_candidate(lambda k: columns[k][i] if k in columns else None,  # noqa: B023 (called at once)
+                       f"{path}:row {i + 1}")
             for i in range(table.num_rows)]
 
 

@@ -13,8 +13,8 @@ from collections import defaultdict
 import numpy as np
 
 from numclip.config import SplitConfig
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import Candidate, ManifestRow
-from numclip.errors import NumclipError
 
 MIN_PER_LABEL = 3  # a label with at least this many rows gets at least one row in every split
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from numclip.atomic import atomic_path
 from numclip.config import NUMBER_WORDS, SyntheticConfig
+from numclip.core.atomic import atomic_path
+from numclip.core.errors import NumclipError
 from numclip.data.manifest import Candidate
-from numclip.errors import NumclipError
 
 COLOURS = {"red": (220, 45, 45), "green": (40, 170, 60), "blue": (45, 90, 225),
            "yellow": (240, 220, 40), "purple": (150, 60, 190), "orange": (245, 140, 30),

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from numclip.core.errors import NumclipError
+from numclip.core.progress import progress
 from numclip.data.manifest import SPLITS, Candidate, ManifestRow
-from numclip.errors import NumclipError
-from numclip.progress import progress
 
 
 @dataclass(frozen=True)

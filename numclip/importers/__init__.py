@@ -17,7 +17,7 @@ import inspect
 import os
 from typing import Callable
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.importers.adience import import_adience
 from numclip.importers.aesthetics import import_aesthetics
 from numclip.importers.common import ImportReport

@@ -35,8 +35,8 @@ import os
 import re
 from pathlib import Path
 
+from numclip.core.errors import NumclipError
 from numclip.data.sources import read_lines
-from numclip.errors import NumclipError
 from numclip.importers.common import (
     Bad,
     Collector,

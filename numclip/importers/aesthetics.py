@@ -39,8 +39,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from numclip.core.errors import NumclipError
 from numclip.data.sources import read_lines
-from numclip.errors import NumclipError
 from numclip.importers.common import (
     Bad,
     Collector,

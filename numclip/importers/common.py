@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
-from numclip.atomic import write_csv
+from numclip.core.atomic import write_csv
+from numclip.core.errors import NumclipError
 from numclip.data.sources import IMAGE_EXTENSIONS
-from numclip.errors import NumclipError
 
 TABLE_COLUMNS = ("path", "label", "split", "fold", "group", "caption")
 REJECT_COLUMNS = ("source_row", "path", "reason")

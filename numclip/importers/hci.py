@@ -23,7 +23,7 @@ import os
 import random
 from pathlib import Path
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.importers.common import (
     Collector,
     ImportReport,

@@ -28,8 +28,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from numclip.core.errors import NumclipError
 from numclip.data.sources import read_lines
-from numclip.errors import NumclipError
 from numclip.importers.common import (
     Bad,
     Collector,

@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 
 from numclip.kernels.dispatch import Impl, compiled, resolve
-from numclip.ranking_losses import Mode, check_inputs, weighted_cross_entropy_unchecked
-from numclip.ranking_losses import ranking_weighted_cross_entropy as reference
+from numclip.losses.ranking import Mode, check_inputs, weighted_cross_entropy_unchecked
+from numclip.losses.ranking import ranking_weighted_cross_entropy as reference
 
 try:
     import triton
@@ -114,7 +114,7 @@ class RankingCrossEntropyFunction(torch.autograd.Function):
 def ranking_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, mode: Mode = "faithful",
                                    reduction: Reduction = "mean", margin: float = 1.0,
                                    impl: Impl = "auto") -> torch.Tensor:
-    """NumCLIP's ranking-weighted CE (`numclip.ranking_losses`), fused on GPU. Same values and gradients."""
+    """NumCLIP's ranking-weighted CE (`numclip.losses.ranking`), fused on GPU. Same values and gradients."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got '{reduction}'")
     chosen = resolve(impl, logits, target)

@@ -17,8 +17,8 @@ import open_clip
 import torch
 from torch import nn
 
-from numclip.config import ModelConfig
-from numclip.errors import NumclipError
+from numclip.config import ModelConfig, Params
+from numclip.core.errors import NumclipError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -114,8 +114,8 @@ def create_backbone(cfg: ModelConfig, device: torch.device | str = "cpu",
         if preprocess_cfg is None:
             preprocess_cfg = _saved_preprocess(cfg.pretrained)
     if preprocess_cfg is not None:
-        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
         from open_clip.model import set_model_preprocess_cfg
+        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
         merged = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg)
         set_model_preprocess_cfg(model, merged)
@@ -130,7 +130,7 @@ def save_backbone(backbone: Backbone, path: str | Path, source: str) -> None:
     """The open_clip weights as safetensors, with the arch, preprocessing and where they came from."""
     from safetensors.torch import save_file
 
-    from numclip.atomic import atomic_path
+    from numclip.core.atomic import atomic_path
 
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
     meta = {"arch": backbone.arch, "source": source, "preprocess": backbone.preprocess_cfg}
@@ -161,3 +161,11 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     except RuntimeError as e:
         msg = str(e).splitlines()
         raise NumclipError(f"{source} does not match the architecture: {' '.join(msg[:3])[:600]}") from None
+
+
+def backbone_config(params: Params) -> ModelConfig:
+    """The backbone every stage after pretrain uses: the pretrain stage's output."""
+    path = Path(params.pretrain.output)
+    if not path.is_file():
+        raise NumclipError(f"no pretrained backbone at {path} (pretrain.output): run `numclip pretrain` first")
+    return ModelConfig(arch=params.model.arch, pretrained=str(path), device=params.model.device)

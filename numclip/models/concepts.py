@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from numclip.errors import NumclipError
+from numclip.config import Params
+from numclip.core.errors import NumclipError
 
 PRESETS = {
     # counting 1..10 (label = count - 1): {1}, {2}, {3, 4}, {5, 6, 7}, {8, 9, 10}
@@ -129,3 +130,10 @@ class SSRRegressor(nn.Module):
             return (p * self.anchors).sum(dim=-1)
         delta = torch.tanh(self.shift(F.relu(self.hidden(concept_logits))))
         return (p * self.anchors / (1 + self.lam * delta)).sum(dim=-1)
+
+
+def concept_bins(params: Params) -> ConceptBins:
+    """NumCLIP's concept bins for this task (task.concepts)."""
+    c = params.task.concepts
+    return ConceptBins.create(params.task.concept_preset, c.edges, c.names, params.data.num_ranks,
+                              params.rank_words(), c.label_shift)

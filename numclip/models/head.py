@@ -1,7 +1,7 @@
 """The shared head: cosine logits against language prototypes, and prototype files.
 
-`cosine_logits` (from `numclip.kernels`) is the one seam the fused kernel sits behind (`impl=`). Prototypes depend only on the
-prompts, so after training they are saved once and inference needs no text encoder.
+`cosine_logits` (from `numclip.kernels`) is the one seam the fused kernel sits behind (`impl=`).
+Prototypes depend only on the prompts, so after training they are saved once and inference needs no text encoder.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from numclip.atomic import atomic_path
-from numclip.errors import NumclipError
+from numclip.core.atomic import atomic_path
+from numclip.core.errors import NumclipError
 from numclip.kernels import Impl, cosine_logits  # noqa: F401  the seam: Triton on CUDA, PyTorch otherwise
 
 

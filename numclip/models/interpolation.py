@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 
 KINDS = ("linear", "inv_prop", "piecewise", "gaussian")
 

@@ -16,14 +16,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from numclip import __version__
-from numclip.atomic import atomic_path
 from numclip.config import LearningRates, MethodConfig, ModelConfig, Params
-from numclip.errors import NumclipError
+from numclip.core.atomic import atomic_path
+from numclip.core.errors import NumclipError
 from numclip.models.backbone import Backbone, create_backbone
-from numclip.losses import readout_argmax, readout_expectation
-from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor
+from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor, concept_bins
 from numclip.models.head import Impl, cosine_logits
 from numclip.models.prompts import ContextPrompts, build_prompt_learner
+from numclip.models.readouts import readout_argmax, readout_expectation
 from numclip.models.text import TextTower
 
 FORMAT_VERSION = 1
@@ -162,7 +162,7 @@ def build_model(params: Params, method_name: str, backbone: Backbone) -> RankPro
     """A fresh model for `method_name` on `backbone`, initialised from params."""
     method = params.method(method_name)
     words = params.rank_words()
-    bins = params.concept_bins() if method.head == "concepts" else None
+    bins = concept_bins(params) if method.head == "concepts" else None
     info = {
         "format": FORMAT_VERSION,
         "numclip_version": __version__,

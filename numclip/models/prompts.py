@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from numclip.config import MethodConfig, read_word_file
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 from numclip.models.interpolation import anchors, interpolation_weights
 from numclip.models.text import TextTower
 

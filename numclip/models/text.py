@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 
 
 class TextTower:

@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from numclip.atomic import write_csv, write_text
-from numclip.errors import NumclipError
+from numclip.core.atomic import write_csv, write_text
+from numclip.core.errors import NumclipError
 
 MISSING = "–"
 

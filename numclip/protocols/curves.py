@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 from matplotlib.figure import Figure
 
-from numclip.plots import save_figure
+from numclip.evaluation.plots import save_figure
 
 
 def curve_points(runs: list[dict[str, Any]], key: str, metric: str) -> dict[str, list[tuple[Any, float, float]]]:

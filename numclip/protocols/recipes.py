@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-from numclip.errors import NumclipError
+from numclip.core.errors import NumclipError
 
 METHOD_KEYS = ("train.", "methods.")
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from numclip.atomic import write_json
 from numclip.config import Params, set_value
-from numclip.errors import NumclipError
+from numclip.core.atomic import write_json
+from numclip.core.errors import NumclipError
 from numclip.protocols.aggregate import aggregate, write_results
 
 METRICS = ("mae_argmax", "mae_expectation", "accuracy")
@@ -92,10 +92,11 @@ def point_name(point: dict[str, Any], seed: int) -> str:
 
 def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every (fold, grid point, seed, method); write runs.csv, results.csv and results.md."""
+    from numclip.config.paths import metrics_path
     from numclip.data import ingest
-    from numclip.evaluate import evaluate, metrics_path
-    from numclip.pretrain import pretrain
-    from numclip.train import train
+    from numclip.stages.evaluate import evaluate
+    from numclip.stages.pretrain import pretrain
+    from numclip.stages.train import train
 
     for method in protocol.methods:
         params.method(method)

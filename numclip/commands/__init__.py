@@ -1,0 +1,1 @@
+"""User commands outside the pipeline: init (your data -> params.yaml), predict, bench."""

@@ -1,0 +1,33 @@
+"""Params: the schema (one section per stage), reading and `--set` overrides, derived output paths.
+
+Everything the pipeline reads comes from here; this package imports nothing above numclip.core.
+"""
+
+from numclip.config.loading import (
+    apply_overrides,
+    load_params,
+    parse_override,
+    read_params_file,
+    set_value,
+    validate_params,
+)
+from numclip.config.schema import (
+    NUMBER_WORDS,
+    TASK_PRESETS,
+    DataConfig,
+    LearningRates,
+    LossWeights,
+    MethodConfig,
+    ModelConfig,
+    Params,
+    SplitConfig,
+    SubsetConfig,
+    SyntheticConfig,
+    TaskPreset,
+    read_word_file,
+)
+
+__all__ = ["NUMBER_WORDS", "TASK_PRESETS", "DataConfig", "LearningRates", "LossWeights", "MethodConfig",
+           "ModelConfig", "Params", "SplitConfig", "SubsetConfig", "SyntheticConfig", "TaskPreset",
+           "apply_overrides", "load_params", "parse_override", "read_params_file", "read_word_file",
+           "set_value", "validate_params"]

@@ -1,0 +1,119 @@
+"""Reading params: the YAML file (duplicate keys refused), `--set` overrides, validation into Params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from numclip.config.schema import Params, default_methods
+from numclip.core.errors import NumclipError
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=3' -> (['train', 'epochs'], 3); values are parsed as YAML."""
+    if "=" not in text:
+        raise NumclipError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise NumclipError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise NumclipError(f"override '{text}': value is not valid YAML: {e}") from None
+    return keys, value
+
+
+def set_value(raw: dict, keys: list[str], value: Any, shown: str) -> None:
+    """raw[k1][k2]... = value, creating missing sections; `shown` names the key in errors."""
+    node = raw
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise NumclipError(f"override '{shown}': '{k}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_value(raw, keys, value, text)
+    return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML itself lets
+    the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_params_file(path: str | Path) -> dict:
+    """The sections of a params file; NumclipError naming the file for anything that is not a YAML
+    mapping with unique keys."""
+    try:
+        loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise NumclipError(f"{path} is not valid YAML: {e}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise NumclipError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _with_default_methods(raw: dict) -> dict:
+    """A dict of named entries has no per-key defaults: without a methods section, start from the presets."""
+    if "methods" not in raw:
+        raw["methods"] = {k: v.model_dump() for k, v in default_methods().items()}
+    return raw
+
+
+def validate_params(raw: dict, source: str) -> Params:
+    """Params from raw sections (the default methods when none are given); NumclipError naming each
+    wrong key, with `source` saying where they came from."""
+    _with_default_methods(raw)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise NumclipError(_format_validation_error(e, source)) from None
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (missing file: all defaults), apply `section.key=value` overrides, validate."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None and Path(path).exists():
+        source = str(path)
+        raw = read_params_file(path)
+    elif path is not None and str(path) != "params.yaml":
+        raise NumclipError(f"params file not found: {path}")
+    raw = apply_overrides(_with_default_methods(raw), overrides or [])
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return validate_params(raw, source)

@@ -1,0 +1,476 @@
+"""The params schema: one typed section per stage (loaded by numclip.config.loading).
+
+Every section forbids unknown keys, so a typo fails with the key's dotted name instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from numclip.core.errors import NumclipError
+
+NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                "eighteen", "nineteen", "twenty"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+class SyntheticConfig(Section):
+    """The embedded counting dataset: images of 1..num_ranks objects."""
+
+    num_images: int = Field(3000, ge=1)
+    image_size: int = Field(64, ge=16, le=1024)
+    shapes: list[Literal["circle", "square", "triangle"]] = ["circle", "square", "triangle"]
+    colours: list[Literal["red", "green", "blue", "yellow", "purple", "orange", "white"]] = [
+        "red", "green", "blue", "yellow"]
+    min_size_fraction: float = Field(0.07, gt=0, lt=1)
+    max_size_fraction: float = Field(0.12, gt=0, lt=1)
+    seed: int = 0
+    output_dir: str = "data/synthetic"
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> "SyntheticConfig":
+        if self.min_size_fraction > self.max_size_fraction:
+            raise ValueError("min_size_fraction must be <= max_size_fraction")
+        return self
+
+
+class SplitConfig(Section):
+    """Fractions used when a source has no split (or no val: then val is carved from train)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0 (got {total:g})")
+        return self
+
+
+SYNTHETIC_ROOT = "numclip/data/synthetic.py"  # the synthetic source has no files: its generator stands in
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "table", "folder", "listfile"] = "synthetic"
+    num_ranks: int = Field(10, ge=2, description="K: labels are integer ranks 0..K-1")
+    root: str = Field(
+        SYNTHETIC_ROOT, description="what DVC watches for the source's files (the folder holding your "
+        "tables, lists and images), so a changed file reruns the pipeline; numclip init sets it")
+    path: Optional[str] = None
+    split_paths: dict[Literal["train", "val", "test"], str] = {}
+    images_root: Optional[str] = None
+    manifest: str = "data/manifest.parquet"
+    rejects: str = "data/rejects.csv"
+    incoming: str = "incoming"  # data drops: one sub-folder per drop, added to the source's rows
+    max_reject_fraction: float = Field(0.05, ge=0, le=1)
+    verify_images: bool = True
+    split: SplitConfig = SplitConfig()
+    fold: Optional[int] = Field(
+        None, description="with a fold column: rows of this fold are the test set (or, when they carry "
+        "their own splits, the only rows used); null: the data's own split")
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# -------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    arch: str = "numclip-tiny"
+    pretrained: Optional[str] = Field(
+        None, description="an open_clip pretrained tag (e.g. 'openai') or a local .safetensors/.pt file")
+    device: str = "auto"
+
+
+class ConceptConfig(Section):
+    """NumCLIP's coarse bins of the fine ranks, each named by a language concept."""
+
+    preset: Optional[Literal["counting", "age", "levels"]] = None  # None: the task preset's
+    edges: Optional[list[int]] = None  # lower edges of the bins (fine labels); overrides the preset
+    names: Optional[list[str]] = None
+    label_shift: int = Field(0, ge=0, description="bins are of y' = label - label_shift (released age: 1)")
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    """What a kind of task means in words, and whether the count-aware pieces apply to it."""
+
+    template: str  # the zero-shot prompt
+    concepts: Literal["counting", "age", "levels"]  # NumCLIP's concept bins
+    counts: bool  # the count-aware pretraining loss and the counting comparison apply
+    first_word: int  # rank words are str(label + first_word) when not number words (counting)
+
+
+TASK_PRESETS = {
+    "counting": TaskPreset("a photo of {} objects.", "counting", True, 1),  # number words one..K
+    "age": TaskPreset("a photo of a {} year old person.", "age", False, 0),  # label = age
+    "grades": TaskPreset("a photo of grade {}.", "levels", False, 1),  # quality grades 1..K
+    "generic": TaskPreset("a photo of rank {}.", "levels", False, 0),  # name your ranks: task.rank_words
+}
+
+
+class TaskConfig(Section):
+    """What the ranks mean in words: zero-shot prompts, rank-word initialisation and NumCLIP's concepts.
+
+    `preset` fills in every key left null, and decides whether the count-aware loss applies."""
+
+    preset: Literal["counting", "age", "grades", "generic"] = "counting"
+    rank_words: Optional[list[str]] = None  # default: the preset's (number words one..K for counting)
+    rank_words_file: Optional[str] = None
+    zeroshot_template: Optional[str] = None  # default: the preset's
+    concepts: ConceptConfig = ConceptConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskConfig":
+        if self.rank_words is not None and self.rank_words_file is not None:
+            raise ValueError("give rank_words or rank_words_file, not both")
+        if self.zeroshot_template is not None and "{}" not in self.zeroshot_template:
+            raise ValueError("zeroshot_template must contain '{}' where the rank word goes")
+        return self
+
+    @property
+    def counts(self) -> bool:
+        return TASK_PRESETS[self.preset].counts
+
+    @property
+    def template(self) -> str:
+        """The zero-shot prompt: zeroshot_template, or the preset's."""
+        return self.zeroshot_template or TASK_PRESETS[self.preset].template
+
+    @property
+    def concept_preset(self) -> Optional[str]:
+        return self.concepts.preset or TASK_PRESETS[self.preset].concepts
+
+
+class LossWeights(Section):
+    """Weights of the loss terms; 0 switches a term off."""
+
+    ce: float = Field(1.0, ge=0)  # cross-entropy over the head's classes
+    kl: float = Field(1.0, ge=0)  # OrdinalCLIP's text->image KL
+    ranking_ce: float = Field(0.0, ge=0)  # NumCLIP's ranking-weighted cross-entropy
+    ranking_kl: float = Field(0.0, ge=0)  # NumCLIP's text->image ranking-weighted KL
+    regression: float = Field(0.0, ge=0)  # L1 on the fine regressor (concept head only)
+    pairwise: float = Field(0.0, ge=0)  # L2RCLIP's cross-modal ordinal pairwise loss
+    ranking_mode: Literal["faithful", "fixed"] = "faithful"
+
+
+class MethodConfig(Section):
+    """A prompt learner and its loss: zero-shot (fixed text), CoOp (plain) or OrdinalCLIP (interpolated)."""
+
+    learner: Literal["fixed", "plain", "interpolated"]
+    context_init: Optional[str] = "a photo of"  # None: random N(0, 0.02^2) context of n_ctx tokens
+    n_ctx: int = Field(4, ge=1, le=64)
+    rank_specific_context: bool = False
+    rank_position: Literal["tail", "front", "middle"] = "tail"
+    rank_init: Literal["words", "random"] = "words"
+    rank_words_file: Optional[str] = Field(
+        None, description="one word per line: K lines (plain) or num_base_ranks lines (interpolated)")
+    tokens_per_rank: Optional[int] = Field(1, ge=1, le=16)  # None: each rank word's own token count
+    num_base_ranks: int = Field(3, ge=1)
+    interpolation: Literal["linear", "inv_prop", "piecewise", "gaussian"] = "linear"
+    gaussian_bandwidth: Optional[float] = Field(None, gt=0)
+    head: Literal["ranks", "concepts"] = "ranks"  # concepts: NumCLIP's coarse-to-fine head
+    adapter_alpha: float = Field(0.8, ge=0, le=1)
+    regressor_anchor: Literal["lower_edge", "centre"] = "lower_edge"
+    regressor_shift: bool = True  # False: plain expectation over the bin anchors
+    loss: LossWeights = LossWeights()
+
+    @model_validator(mode="after")
+    def _head_fits(self) -> "MethodConfig":
+        if self.head == "concepts" and self.learner == "interpolated":
+            raise ValueError("head: concepts learns one embedding per concept: use learner plain")
+        if self.loss.regression > 0 and self.head != "concepts":
+            raise ValueError("loss.regression needs head: concepts (the fine regressor)")
+        return self
+
+
+NUMCLIP_LOSS = dict(ce=0.0, kl=0.0, ranking_ce=1.0, ranking_kl=1.0, regression=1.0)  # released: all 1.0
+
+
+def default_methods() -> dict[str, MethodConfig]:
+    numclip = dict(learner="plain", head="concepts", tokens_per_rank=None)
+    return {
+        "zeroshot": MethodConfig(learner="fixed"),
+        "coop": MethodConfig(learner="plain"),
+        "ordinalclip": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear"),
+        "ordinalclip_l2r": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear",
+                                        loss=LossWeights(pairwise=1.0)),
+        "numclip_faithful": MethodConfig(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="faithful")),
+        "numclip_fixed": MethodConfig(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="fixed")),
+    }
+
+
+# -------------------------------------------------------------------------------------------- train
+class LearningRates(Section):
+    """Per parameter group; 0 freezes the group."""
+
+    context: float = Field(1e-3, ge=0)
+    rank: float = Field(1e-3, ge=0)
+    image_encoder: float = Field(1e-4, ge=0)  # after the pretrain stage; ~1e-5 for real CLIP weights
+    text_encoder: float = Field(0.0, ge=0)
+    logit_scale: float = Field(0.0, ge=0)
+    head: float = Field(1e-3, ge=0)  # NumCLIP's image adapter and fine regressor
+
+
+class SubsetConfig(Section):
+    """The protocols' training subsets (methods.md section 8); val and test are never touched."""
+
+    kind: Optional[Literal["few_shot", "distribution_shift"]] = None
+    shots: int = Field(16, ge=1, description="few_shot: training images kept per label")
+    top_k: int = Field(10, ge=1, description="distribution_shift: how many of the most frequent labels")
+    keep_fraction: float = Field(0.2, gt=0, le=1, description="distribution_shift: share of their images kept")
+    seed: int = 0
+
+
+class TrainConfig(Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "radam"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    lr: LearningRates = LearningRates()
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[int] = [60]
+    gamma: float = Field(0.1, gt=0, le=1)
+    select_metric: Literal["mae_argmax", "mae_expectation", "accuracy"] = "mae_argmax"
+    select_split: Literal["val", "test"] = Field(
+        "val", description="the split the checkpoint is chosen on; test only with allow_test_selection")
+    allow_test_selection: bool = Field(
+        False, description="the released MORPH code selects on its test file: allowed only on request")
+    subset: SubsetConfig = SubsetConfig()
+    class_balanced: bool = Field(False, description="sample training images with weight 1/count(label)")
+    hflip: bool = True
+    freeze_batchnorm: bool = Field(
+        False, description="BatchNorm layers normalise with their running statistics and do not update "
+        "them: for small per-process batches, and multi-process runs on CPU that match one process")
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    models_dir: str = "models"
+    runs_dir: str = "runs"
+    metrics_dir: str = "metrics/train"
+    plots_dir: str = "plots/training"  # per-epoch validation curves, CSV for `dvc plots`
+    checkpoints_dir: str = Field("checkpoints", description="resumable training state, removed once a run ends")
+    checkpoint_every_steps: Optional[int] = Field(
+        100, ge=1, description="also save the training state every N steps (always at each epoch's end)")
+
+    @model_validator(mode="after")
+    def _test_selection_on_request(self) -> "TrainConfig":
+        if self.select_split == "test" and not self.allow_test_selection:
+            raise ValueError("select_split 'test' picks the checkpoint on the test set, which makes the "
+                             "test score optimistic; set train.allow_test_selection: true to reproduce "
+                             "code that did this")
+        return self
+
+
+class CountingLossConfig(Section):
+    """'Teaching CLIP to Count to Ten': L = L_CLIP + weight * L_count over counterfactual captions."""
+
+    weight: Optional[float] = Field(
+        None, ge=0, description="lambda; 0 trains with the plain CLIP loss; null: 1 when the task counts, "
+        "0 otherwise (the loss needs captions that name a count)")
+    negatives: Literal["one", "all"] = Field(
+        "one", description="one random counterfactual number (released) or all 8 others (L_count+)")
+    fraction: Optional[float] = Field(
+        None, ge=0, le=1, description="share of counting samples in each batch; null: the data's own mix")
+
+
+class PretrainConfig(Section):
+    """Contrastive CLIP training of the backbone on the captioned train split (random-init backbones),
+    count-aware by default; a backbone with real pretrained weights is saved unchanged unless
+    finetune_pretrained is set."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    template_caption_prob: float = Field(
+        0.5, ge=0, le=1, description="share of captions replaced by task.zeroshot_template for the rank")
+    seed: int = 0
+    counting: CountingLossConfig = CountingLossConfig()
+    finetune_pretrained: bool = Field(
+        False, description="with model.pretrained: fine-tune those weights with this loss (lr ~1e-5)")
+    output: str = "models/backbone.safetensors"
+    metrics: str = "metrics/pretrain.json"
+
+
+class PlainBackboneConfig(Section):
+    """The baseline of the counting comparison: the same pretraining (data, steps, seed) with the
+    plain CLIP loss (counting weight 0), and every method trained on it. Its own output paths."""
+
+    pretrain_output: str = "comparison/plain/backbone.safetensors"  # outside models/, which evaluate reads
+    pretrain_metrics: str = "metrics/plain/pretrain.json"
+    models_dir: str = "comparison/plain/models"
+    runs_dir: str = "runs/plain"
+    metrics_dir: str = "metrics/plain/train"
+    plots_dir: str = "plots/plain/training"
+    checkpoints_dir: str = "checkpoints/plain"
+
+
+class ComparisonConfig(Section):
+    """Which baseline backbones the counting comparison trains. dvc.yaml makes the comparison's stages
+    from this list, so with [] none of them exists; params.yaml must spell it out for DVC."""
+
+    backbones: Optional[list[Literal["plain"]]] = Field(
+        None, description="[plain]: compare with the plain-CLIP-loss twin; []: no comparison; "
+        "null (outside DVC): [plain] when the count-aware loss is on")
+
+
+class CountingEvalConfig(Section):
+    """CountBench-style counting: each image's caption with 'two'..'ten' substituted; argmax = count."""
+
+    split: Literal["val", "test"] = "test"
+    countbench_json: Optional[str] = Field(
+        None, description="a copy of CountBench.json (fields image_url, text, number)")
+    countbench_images: Optional[str] = Field(
+        None, description="the folder of the CountBench images you downloaded")
+    batch_size: int = Field(128, ge=1)
+    metrics: str = "metrics/counting.json"
+    table: str = "metrics/counting.md"  # the two backbones side by side
+    output_dir: str = "artifacts/counting"  # confusion PNGs, per-image predictions, CountBench rejects
+
+
+class PrototypesConfig(Section):
+    output: str = "artifacts/prototypes.safetensors"
+    metrics: str = "metrics/prototypes.json"
+
+
+class EvaluateConfig(Section):
+    split: Literal["val", "test"] = "test"
+    batch_size: int = Field(128, ge=1)
+    metrics_dir: str = "metrics/eval"
+    comparison: str = "metrics/comparison.json"  # the markdown table is written beside it (.md)
+    summary_dir: str = "metrics/summary"  # one small JSON per method: the rows of `dvc metrics show`
+    plots_dir: str = "plots"  # CSV data for `dvc plots`
+    figures_dir: str = "figures"  # PNG for people
+    heads_dir: str = "artifacts/heads"
+
+
+class PredictConfig(Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class Params(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    methods: dict[str, MethodConfig] = Field(default_factory=default_methods)
+    pretrain: PretrainConfig = PretrainConfig()
+    prototypes: PrototypesConfig = PrototypesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    plain_backbone: PlainBackboneConfig = PlainBackboneConfig()
+    comparison: ComparisonConfig = ComparisonConfig()
+    counting: CountingEvalConfig = CountingEvalConfig()
+    predict: PredictConfig = PredictConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_named(cls, v: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
+        if not v:
+            raise ValueError("at least one method is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _rank_words_fit(self) -> "Params":
+        """A word file with the wrong line count fails when the params load, not after pretraining."""
+        self.rank_words()
+        return self
+
+    @model_validator(mode="after")
+    def _comparison_has_a_difference(self) -> "Params":
+        """An unlisted comparison follows the task; a listed one needs a counting loss to compare."""
+        listed = self.comparison.backbones
+        if listed is None:
+            self.comparison.backbones = ["plain"] if self.count_loss_weight > 0 else []
+        elif listed and self.count_loss_weight == 0:
+            raise ValueError(
+                f"comparison.backbones lists {listed} but pretraining has no counting loss to compare "
+                f"against (task.preset '{self.task.preset}', pretrain.counting.weight "
+                f"{self.pretrain.counting.weight}): set comparison.backbones: [] (or use task.preset counting)")
+        return self
+
+    @property
+    def count_loss_weight(self) -> float:
+        """lambda of the count-aware loss: pretrain.counting.weight, or 1 for counting tasks, 0 otherwise."""
+        weight = self.pretrain.counting.weight
+        return weight if weight is not None else float(self.task.counts)
+
+    @property
+    def compares_backbones(self) -> bool:
+        """Whether the counting comparison (plain twin, its trained methods, the counting stage) runs."""
+        return "plain" in (self.comparison.backbones or [])
+
+    def with_plain_backbone(self) -> "Params":
+        """These params for the counting comparison's baseline: the plain CLIP loss in pretraining,
+        and the backbone, models and training records under plain_backbone's paths."""
+        plain = self.model_copy(deep=True)
+        b = self.plain_backbone
+        plain.pretrain.counting.weight = 0.0
+        plain.comparison.backbones = []  # the twin has no twin of its own
+        plain.pretrain.output, plain.pretrain.metrics = b.pretrain_output, b.pretrain_metrics
+        plain.train.models_dir, plain.train.runs_dir = b.models_dir, b.runs_dir
+        plain.train.metrics_dir, plain.train.plots_dir = b.metrics_dir, b.plots_dir
+        plain.train.checkpoints_dir = b.checkpoints_dir
+        return plain
+
+    def output_paths(self) -> list[str]:
+        """Every file or folder the pipeline's stages write: what `numclip init` clears so that a new
+        dataset's results never mix with the previous ones."""
+        d, t, e, b, c = self.data, self.train, self.evaluate, self.plain_backbone, self.counting
+        comparison = str(Path(e.comparison).with_suffix(".md"))
+        return [d.manifest, d.rejects, d.synthetic.output_dir, self.pretrain.output, self.pretrain.metrics,
+                self.prototypes.output, self.prototypes.metrics, t.models_dir, t.runs_dir, t.metrics_dir,
+                t.plots_dir, t.checkpoints_dir, e.metrics_dir, e.comparison, comparison, e.summary_dir, e.plots_dir,
+                e.figures_dir, e.heads_dir, b.pretrain_output, b.pretrain_metrics, b.models_dir, b.runs_dir,
+                b.metrics_dir, b.plots_dir, b.checkpoints_dir, c.metrics, c.table, c.output_dir]
+
+    def method(self, name: str) -> MethodConfig:
+        if name not in self.methods:
+            raise NumclipError(
+                f"unknown method '{name}': params 'methods' has {', '.join(sorted(self.methods))}")
+        return self.methods[name]
+
+    def rank_words(self) -> list[str]:
+        """K words naming the ranks, from the task section (by default the preset's: number words
+        one..K for counting, the labels as numbers otherwise)."""
+        k = self.data.num_ranks
+        if self.task.rank_words_file is not None:
+            words = read_word_file(self.task.rank_words_file)
+            where = f"task.rank_words_file ({self.task.rank_words_file})"
+        elif self.task.rank_words is not None:
+            words, where = self.task.rank_words, "task.rank_words"
+        else:
+            preset = TASK_PRESETS[self.task.preset]
+            if self.task.preset == "counting" and k <= len(NUMBER_WORDS):
+                return NUMBER_WORDS[:k]
+            return [str(i + preset.first_word) for i in range(k)]
+        if len(words) != k:
+            raise NumclipError(f"{where} has {len(words)} words but data.num_ranks is {k}")
+        return words
+
+
+def read_word_file(path: str | Path) -> list[str]:
+    """One word (or short phrase) per non-empty line."""
+    p = Path(path)
+    if not p.is_file():
+        raise NumclipError(f"rank words file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"rank words file {p} is not UTF-8 text: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------- loading, overrides
+
+

@@ -1,0 +1,1 @@
+"""Inference over a dataset, ordinal metrics, learned-nothing diagnosis and figures."""

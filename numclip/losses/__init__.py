@@ -1,0 +1,1 @@
+"""Loss formulas, one file per family (contrastive, ranking, counting); they know tensors, not params."""

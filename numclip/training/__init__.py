@@ -1,0 +1,1 @@
+"""The training machinery: objective, optimisers and schedules, checkpoints and resume, data parallelism."""

@@ -1,0 +1,118 @@
+"""Resuming a killed training run exactly: its state (position, best so far, history), where its
+checkpoints live, and when a checkpoint may continue a run (same configuration, same inputs)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import torch
+
+from numclip.config import Params
+from numclip.core.atomic import atomic_path
+from numclip.core.digests import file_digest
+from numclip.core.errors import NumclipError
+from numclip.core.runtime import rng_state, set_rng_state
+from numclip.training.checkpoint import load_checkpoint, save_checkpoint
+from numclip.training.distributed import Dist
+
+# never: start afresh. explicit (`numclip train --resume`): continue from the checkpoint if there is
+# one, refuse one of another configuration. auto (the DVC stage): continue, or start afresh if the
+# configuration changed.
+ResumeMode = Literal["never", "explicit", "auto"]
+# what may differ between a killed run and its continuation: where things go, how often to save
+_NOT_IDENTITY = {"models_dir", "runs_dir", "metrics_dir", "plots_dir", "checkpoints_dir",
+                 "checkpoint_every_steps", "num_workers"}
+
+
+@dataclass
+class TrainState:
+    """Where a run is: global steps and whole (validated) epochs done, the best epoch so far, the
+    per-epoch history and the per-step losses (to replay TensorBoard if its folder was removed)."""
+
+    step: int = 0
+    epochs_done: int = 0
+    best_value: Optional[float] = None
+    best_epoch: int = 0
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def run_identity(params: Params, method: str) -> dict[str, Any]:
+    """Everything a run's result depends on: its params and the bytes of its manifest and backbone."""
+    train = {k: v for k, v in params.train.model_dump().items() if k not in _NOT_IDENTITY}
+    return {"method": method, "method_config": params.method(method).model_dump(), "train": train,
+            "task": params.task.model_dump(), "model": params.model.model_dump(),
+            "num_ranks": params.data.num_ranks, "manifest_sha256": file_digest(params.data.manifest),
+            "backbone_sha256": file_digest(params.pretrain.output)}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class Checkpoints:
+    """checkpoints_dir/<method>/: `state.safetensors` (the whole training state) and
+    `best.safetensors` (the best model so far). Removed once the run has finished."""
+
+    def __init__(self, params: Params, method: str):
+        self.dir = Path(params.train.checkpoints_dir) / method
+        self.path = self.dir / "state.safetensors"
+        self.best = self.dir / "best.safetensors"
+        self.method = method
+        self.identity = run_identity(params, method)
+        self._loaded: Optional[dict[str, Any]] = None
+
+    def start(self, mode: ResumeMode, log: Callable[[str], None]) -> TrainState:
+        """The state to start from: fresh, or the checkpoint's when `mode` allows and it matches."""
+        if mode == "never":
+            return TrainState()
+        if not self.path.is_file():
+            log(f"{self.method}: no checkpoint at {self.path}: starting from the beginning")
+            return TrainState()
+        saved = load_checkpoint(self.path)
+        changed = _differences(saved["identity"], self.identity)
+        if changed:
+            what = ", ".join(changed[:6])
+            if mode == "explicit":
+                raise NumclipError(f"--resume: the checkpoint {self.path} is of another run (differs in "
+                                   f"{what}); run without --resume to start afresh")
+            log(f"{self.method}: checkpoint {self.path} is of another run (differs in {what}): starting afresh")
+            return TrainState()
+        self._loaded = saved
+        state = TrainState(**saved["train_state"])
+        log(f"{self.method}: resuming from {self.path} at step {state.step} "
+            f"({state.epochs_done} epochs done)")
+        return state
+
+    def restore(self, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: Any) -> None:
+        """Put the loaded checkpoint's weights, optimizer, schedule and RNG states back in place."""
+        if self._loaded is None:
+            return
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in self._loaded["model"].items()})
+        optimizer.load_state_dict(self._loaded["optimizer"])
+        scheduler.load_state_dict(self._loaded["scheduler"])
+        set_rng_state(self._loaded["rng"])
+        self._loaded = None
+
+    def save(self, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any, ctx: Dist) -> None:
+        if not ctx.is_main:
+            return
+        save_checkpoint(self.path, {
+            "identity": self.identity, "train_state": asdict(state), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()})
+
+    def finish(self, out_path: Path) -> None:
+        """Publish the best model and drop the checkpoints: a finished run has nothing to resume."""
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(self.best, tmp)
+        shutil.rmtree(self.dir, ignore_errors=True)
