@@ -20,3 +20,14 @@ from numclip.models.backbone import create_backbone  # noqa: E402
 def tiny_backbone():
     torch.manual_seed(0)
     return create_backbone(ModelConfig(arch="numclip-tiny"))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def copy_pipeline(dst) -> None:
+    """The project's dvc.yaml and params.yaml in `dst`: what `numclip run` needs to find the stages."""
+    import shutil
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(os.path.join(REPO, name), os.path.join(dst, name))

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import copy_pipeline
 
 from numclip.cli import main
 
@@ -25,6 +26,8 @@ def _run(capsys, *argv):
 ])
 def test_user_errors(tmp_path, monkeypatch, capsys, argv, needle):
     monkeypatch.chdir(tmp_path)
+    if argv[0] == "run":
+        copy_pipeline(tmp_path)
     code, err = _run(capsys, *argv)
     assert code == 2
     assert needle in err

@@ -54,3 +54,22 @@ def test_bad_param_stops_the_first_stage_naming_the_key(repo_copy, tmp_path):
     assert "train.epochs" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (bad / "data" / "manifest.parquet").exists(), "the first stage stops; nothing after it runs"
+
+
+@pytest.mark.parametrize("path, stage", [
+    ("numclip/models/readouts.py", "evaluate"),          # a read-out
+    ("numclip/models/prompts.py", "prototypes"),         # how prompts are initialised
+    ("numclip/losses/ranking.py", "train@ordinalclip"),  # a loss
+])
+def test_a_code_change_makes_dvc_status_report_the_stage(repo_copy, path, stage):
+    """After the repro above everything is up to date; editing a file the stage imports makes DVC
+    report the stage (the copy's sources are what dvc.yaml's deps hash)."""
+    assert json.loads(dvc(repo_copy, "status", "--json")) == {}, "run after test_dvc_repro_end_to_end"
+    source = repo_copy / path
+    original = source.read_text()
+    source.write_text(original + "\n# a change\n")
+    try:
+        assert stage in json.loads(dvc(repo_copy, "status", "--json"))
+    finally:
+        source.write_text(original)
+    assert json.loads(dvc(repo_copy, "status", "--json")) == {}

@@ -1,5 +1,5 @@
-"""End to end on tiny data through the CLI (`numclip run`: ingest -> pretrain -> prototypes -> train ->
-evaluate -> compare), then predict.
+"""End to end on tiny data through the CLI (`numclip run`: every dvc.yaml stage, ingest -> pretrain ->
+prototypes -> train -> evaluate -> counting), then predict.
 
 One module-scoped run (a few seconds per method on 2 CPU cores); the tests then check its outputs:
 learning happened, TensorBoard holds the logs, save -> load -> predict is exact, and prototype-only
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_pipeline
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from numclip.cli import main
@@ -31,6 +32,7 @@ TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=600", "data.synthetic.
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
+    copy_pipeline(root)
     old = Path.cwd()
     os.chdir(root)
     try:
@@ -156,6 +158,12 @@ def test_prototype_cache_reencodes_only_changed_prompts(run_dir, monkeypatch):
     after, _ = read_cache("artifacts/prototypes.safetensors")
     torch.testing.assert_close(after["ordinalclip"], before["ordinalclip"])
     assert not torch.equal(after["coop"], before["coop"])
+
+    # the code that builds prompts is part of every key: after a code change nothing is reused
+    monkeypatch.setattr("numclip.models.prototype_cache.code_fingerprint", lambda *modules: "other code")
+    recoded = compute_prototypes(load_params(None, TINY + ["methods.coop.context_init=a picture of"]),
+                                 log=lambda _: None)
+    assert not any(r["reused"] for r in recoded.values())
 
 
 def test_run_compares_the_count_aware_and_plain_backbones(run_dir):

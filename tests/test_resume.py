@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from numclip.config import load_params
 from numclip.core.errors import NumclipError
 from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
 from numclip.training.checkpoint import load_checkpoint, save_checkpoint
+from numclip.training.resume import Checkpoints, TrainState
 
 K = 5
 TINY = [f"data.num_ranks={K}", "data.synthetic.num_images=200", "data.synthetic.image_size=32",
@@ -191,3 +194,22 @@ def test_checkpoints_round_trip_nested_state_and_refuse_other_files(tmp_path):
     torch.save({"x": 1}, pickle)
     with pytest.raises(NumclipError, match="not a readable checkpoint"):
         load_checkpoint(pickle)
+
+
+def test_a_code_change_never_resumes_an_older_run(tmp_path, monkeypatch):
+    """The resume identity holds the fingerprint of the training code: after a code change
+    `--resume auto` starts afresh and says why; `--resume` refuses."""
+    monkeypatch.chdir(tmp_path)
+    params = load_params(None)
+    for path in (params.data.manifest, params.pretrain.output):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"same inputs")
+    old = Checkpoints(params, "coop", code="fingerprint of the old code")
+    save_checkpoint(old.path, {"identity": old.identity, "train_state": asdict(TrainState(step=3))})
+    said: list[str] = []
+    assert Checkpoints(params, "coop", "fingerprint of the old code").start("auto", said.append).step == 3
+    new = Checkpoints(params, "coop", "fingerprint of the new code")
+    assert new.start("auto", said.append) == TrainState()
+    assert "differs in code" in said[-1] and "starting afresh" in said[-1]
+    with pytest.raises(NumclipError, match="differs in code"):
+        new.start("explicit", said.append)

@@ -43,7 +43,7 @@ def pipeline(project: str | Path = ".") -> list[PipelineStage]:
             graph = repo.index.graph  # edges run from a stage to the stages it depends on
             position = {s: i for i, s in enumerate(stages)}
             order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: position.get(s, -1))
-            return [PipelineStage(s.addressing, s.cmd) for s in order if s in position]
+            return [PipelineStage(s.name, s.cmd) for s in order if s in position]
     except DvcException as e:
         raise NumclipError(f"{project / 'dvc.yaml'}: {e}") from None
 

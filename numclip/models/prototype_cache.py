@@ -17,7 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from numclip.config import Params
+from numclip.core.fingerprint import code_fingerprint
 
+PROMPT_CODE = "numclip.models.ordinal"  # builds every method's prompt learner and head
 PROMPT_KEYS_IGNORED = {"loss"}  # settings that do not change the initial prompts
 
 
@@ -28,7 +30,7 @@ def prompt_key(params: Params, method: str, backbone_digest: str) -> str:
         cfg["rank_words_file"] = Path(cfg["rank_words_file"]).read_text(encoding="utf-8")
     blob = json.dumps({"backbone": backbone_digest, "prompts": cfg, "words": params.rank_words(),
                        "template": params.task.template, "tokenizer": params.model.arch,
-                       "seed": params.train.seed}, sort_keys=True)
+                       "seed": params.train.seed, "code": code_fingerprint(PROMPT_CODE)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

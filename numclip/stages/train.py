@@ -21,6 +21,7 @@ from numclip.config import Params, SubsetConfig
 from numclip.config.paths import model_path
 from numclip.core.atomic import write_csv, write_json
 from numclip.core.errors import NumclipError
+from numclip.core.fingerprint import code_fingerprint
 from numclip.core.progress import progress
 from numclip.core.runtime import run_record, seed_everything
 from numclip.data import ImageRankDataset, Manifest
@@ -100,7 +101,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print,
     out_path = model_path(params, method)
     say = log if ctx.is_main else _quiet
     trained = method_cfg.learner != "fixed"
-    checkpoints = Checkpoints(params, method) if trained else None
+    checkpoints = Checkpoints(params, method, code_fingerprint(__name__)) if trained else None
     state = checkpoints.start(resume, say) if checkpoints else TrainState()
 
     run_dir = Path(cfg.runs_dir) / method

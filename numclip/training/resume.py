@@ -41,13 +41,14 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
 
 
-def run_identity(params: Params, method: str) -> dict[str, Any]:
-    """Everything a run's result depends on: its params and the bytes of its manifest and backbone."""
+def run_identity(params: Params, method: str, code: str) -> dict[str, Any]:
+    """Everything a run's result depends on: its params, the bytes of its manifest and backbone, and
+    the fingerprint of the code that trains (`code`), so a code change never resumes an older run."""
     train = {k: v for k, v in params.train.model_dump().items() if k not in _NOT_IDENTITY}
     return {"method": method, "method_config": params.method(method).model_dump(), "train": train,
             "task": params.task.model_dump(), "model": params.model.model_dump(),
             "num_ranks": params.data.num_ranks, "manifest_sha256": file_digest(params.data.manifest),
-            "backbone_sha256": file_digest(params.pretrain.output)}
+            "backbone_sha256": file_digest(params.pretrain.output), "code": code}
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -61,12 +62,12 @@ class Checkpoints:
     """checkpoints_dir/<method>/: `state.safetensors` (the whole training state) and
     `best.safetensors` (the best model so far). Removed once the run has finished."""
 
-    def __init__(self, params: Params, method: str):
+    def __init__(self, params: Params, method: str, code: str):
         self.dir = Path(params.train.checkpoints_dir) / method
         self.path = self.dir / "state.safetensors"
         self.best = self.dir / "best.safetensors"
         self.method = method
-        self.identity = run_identity(params, method)
+        self.identity = run_identity(params, method, code)
         self._loaded: Optional[dict[str, Any]] = None
 
     def start(self, mode: ResumeMode, log: Callable[[str], None]) -> TrainState:
