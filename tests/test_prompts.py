@@ -100,3 +100,45 @@ def test_random_init_is_seeded(tiny_backbone):
 def test_prompt_too_long(tiny_backbone):
     with pytest.raises(NumclipError, match="does not fit"):
         _learner(tiny_backbone, context_init=None, n_ctx=30)
+
+
+# ------------------------------------------------------------- fidelity to the released prompt learner
+def test_each_rank_keeps_the_token_count_of_its_own_file_word(tiny_backbone, tmp_path):
+    """learner plain, a rank words file and tokens_per_rank null: the released code tokenises each
+    class name from the file, so a two-token phrase keeps both tokens and EOT moves after it."""
+    phrases = ["baby", "young adult", "old", "very old person", "teen", "adult"]
+    f = tmp_path / "ages.txt"
+    f.write_text("\n".join(phrases) + "\n")
+    learner = _learner(tiny_backbone, rank_words_file=str(f), tokens_per_rank=None, context_init="a photo of")
+    tower = TextTower(tiny_backbone.model)
+    tokens = [len(tiny_backbone.tokenizer([p])[0].nonzero()) - 2 for p in phrases]  # between SOT and EOT
+    assert tokens[1] == 2 and tokens[3] == 3, "the phrases are several tokens long"
+    assert learner.rank_lengths.tolist() == tokens
+    # the pooled (EOT) position is after ctx (3 tokens), the phrase's own tokens and "."
+    assert learner(tower)[1].tolist() == [1 + 3 + t + 1 for t in tokens]
+    young, adult = tiny_backbone.tokenizer(["young adult"])[0, 1:3]
+    torch.testing.assert_close(learner.rank_embeds[1, :2], tower.embed(torch.stack([young, adult])))
+
+
+def test_rank_specific_random_context_is_drawn_independently_per_rank(tiny_backbone):
+    """The released code draws K independent N(0, 0.02^2) contexts; a shared one is a single draw."""
+    learner = _learner(tiny_backbone, context_init=None, n_ctx=4, rank_specific_context=True)
+    context = learner.context
+    assert context.shape[:2] == (len(WORDS), 4)
+    assert all(not torch.equal(context[0], context[k]) for k in range(1, len(WORDS)))
+    assert context.std().item() == pytest.approx(0.02, rel=0.2)
+    shared = _learner(tiny_backbone, context_init=None, n_ctx=4)
+    assert shared.context.shape == (4, context.shape[-1])
+
+
+def test_underscores_read_as_spaces_in_word_files_and_context_init(tiny_backbone, tmp_path):
+    """As the released code (`name.replace("_", " ")`, `ctx_init.replace("_", " ")`)."""
+    f = tmp_path / "words.txt"
+    f.write_text("\n".join(["one", "two", "three", "four", "five", "six_or_more"]) + "\n")
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("\n".join(["one", "two", "three", "four", "five", "six or more"]) + "\n")
+    a = _learner(tiny_backbone, rank_words_file=str(f), tokens_per_rank=None, context_init="a_photo_of")
+    b = _learner(tiny_backbone, rank_words_file=str(spaced), tokens_per_rank=None, context_init="a photo of")
+    torch.testing.assert_close(a.context, b.context)
+    torch.testing.assert_close(a.rank_embeds, b.rank_embeds)
+    assert a.rank_lengths.tolist() == b.rank_lengths.tolist() and a.rank_lengths[-1] == 3

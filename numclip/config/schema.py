@@ -460,7 +460,8 @@ class Params(Section):
 
 
 def read_word_file(path: str | Path) -> list[str]:
-    """One word (or short phrase) per non-empty line."""
+    """One word (or short phrase) per non-empty line; `_` reads as a space, as in the released code
+    (`young_adult` is the two words "young adult")."""
     p = Path(path)
     if not p.is_file():
         raise NumclipError(f"rank words file not found: {p}")
@@ -468,7 +469,12 @@ def read_word_file(path: str | Path) -> list[str]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise NumclipError(f"rank words file {p} is not UTF-8 text: {e}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [as_prompt_text(line) for line in text.splitlines() if line.strip()]
+
+
+def as_prompt_text(text: str) -> str:
+    """How the released code reads words and context inits: `_` is a space."""
+    return text.replace("_", " ").strip()
 
 
 # --------------------------------------------------------------------------------- loading, overrides

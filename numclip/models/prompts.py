@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from numclip.config import MethodConfig, read_word_file
+from numclip.config.schema import as_prompt_text
 from numclip.core.errors import NumclipError
 from numclip.models.interpolation import anchors, interpolation_weights
 from numclip.models.text import TextTower
@@ -115,18 +116,12 @@ def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Call
         return FixedPrompts(ids.to(device))
 
     generator = torch.Generator().manual_seed(seed)
-    if method.context_init:
-        ctx_ids = _content_ids(tokenizer, method.context_init).to(device)
-        with torch.no_grad():
-            context = tower.embed(ctx_ids).float().cpu().clone()
-    else:
-        context = torch.randn(method.n_ctx, tower.width, generator=generator) * INIT_STD
-    if method.rank_specific_context:
-        context = context.unsqueeze(0).repeat(k, 1, 1)
+    context = _initial_context(method, tower, tokenizer, k, generator)
     learned = k if method.learner == "plain" else method.num_base_ranks
     if method.learner == "interpolated" and not 1 <= learned <= k:
         raise NumclipError(f"num_base_ranks is {learned} but must be in 1..{k} (data.num_ranks)")
-    lengths = _rank_lengths(method, tokenizer, rank_words)
+    words = None if method.rank_init == "random" else _init_words(method, rank_words, learned)
+    lengths = _rank_lengths(method, tokenizer, words, k)
     n, m = context.shape[-2], max(lengths)
     if n + m + 3 > tower.context_length:
         raise NumclipError(f"prompt of {n} context + {m} rank tokens does not fit the text context "
@@ -135,10 +130,9 @@ def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Call
     token_ids = tokenizer([" ".join([PLACEHOLDER] * (n + length)) + "." for length in lengths]).to(device)
     with torch.no_grad():
         frame = tower.embed(token_ids).float()
-    if method.rank_init == "random":
+    if words is None:
         base = torch.randn(learned, m, tower.width, generator=generator) * INIT_STD
     else:
-        words = _init_words(method, rank_words, learned)
         base = _word_embeddings(tower, tokenizer, words, m, generator)
 
     args = (token_ids, frame, context.to(device), base.to(device), method.rank_position,
@@ -149,15 +143,29 @@ def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Call
     return InterpolatedPrompts(*args, weights=weights.to(device))
 
 
-def _rank_lengths(method: MethodConfig, tokenizer: Callable, rank_words: list[str]) -> list[int]:
-    """Tokens per rank: `tokens_per_rank` for all, or (None) each rank word's own token count, which
-    only a plain learner with word-initialised ranks at the tail can use."""
+def _initial_context(method: MethodConfig, tower: TextTower, tokenizer: Callable, k: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """[n, W] shared or [K, n, W] rank-specific: the embedded `context_init` text (each rank starts
+    from it), or random N(0, 0.02^2), drawn independently for every rank when rank-specific."""
+    if method.context_init:
+        ctx_ids = _content_ids(tokenizer, as_prompt_text(method.context_init))
+        with torch.no_grad():
+            context = tower.embed(ctx_ids.to(tower.tower.token_embedding.weight.device)).float().cpu().clone()
+        return context.unsqueeze(0).repeat(k, 1, 1) if method.rank_specific_context else context
+    shape = (k, method.n_ctx, tower.width) if method.rank_specific_context else (method.n_ctx, tower.width)
+    return torch.randn(*shape, generator=generator) * INIT_STD
+
+
+def _rank_lengths(method: MethodConfig, tokenizer: Callable, words: list[str] | None, k: int) -> list[int]:
+    """Tokens per rank: `tokens_per_rank` for all, or (None) the token count of the word each rank is
+    initialised from (the method's word file, else the task's), which only a plain learner with
+    word-initialised ranks at the tail can use."""
     if method.tokens_per_rank is not None:
-        return [method.tokens_per_rank] * len(rank_words)
-    if method.learner != "plain" or method.rank_init != "words" or method.rank_position != "tail":
+        return [method.tokens_per_rank] * k
+    if method.learner != "plain" or words is None or method.rank_position != "tail":
         raise NumclipError("tokens_per_rank: null (each word's own length) needs learner: plain, "
                            "rank_init: words and rank_position: tail")
-    return [max(len(_content_ids(tokenizer, w)), 1) for w in rank_words]
+    return [max(len(_content_ids(tokenizer, w)), 1) for w in words]
 
 
 def _init_words(method: MethodConfig, rank_words: list[str], learned: int) -> list[str]:
