@@ -220,7 +220,7 @@ def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
     skipped: list = []
     predictions = predictor.iter_predict(iter_images(args.inputs, skipped), params.predict.batch_size)
-    counts = write_predictions(predictions, args.out, len(predictor.model.info["prompt_words"]))
+    counts = write_predictions(predictions, args.out, len(predictor.model.card.prompt_words))
     print(f"predicted {counts.predicted} images -> {args.out}")
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")

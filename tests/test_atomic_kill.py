@@ -34,11 +34,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 from safetensors.torch import load_file
 
+from numclip.config import method_config
 from numclip.core.atomic import atomic_path, write_csv, write_json
 from numclip.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
 from numclip.evaluation.plots import save_figure
+from numclip.models.card import BackboneCard, ModelCard
 from numclip.models.head import load_prototypes, save_prototypes
-from numclip.models.ordinal import read_model_info, save_model
+from numclip.models.ordinal import read_model_card, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 6  # per writer; each kill is a fresh forked writer killed at a seeded random moment
@@ -66,13 +68,16 @@ def _prototypes(v: int) -> torch.Tensor:
 
 
 class _Checkpoint(torch.nn.Module):
-    """Stands in for a RankPromptModel (the real one is 50 MB): `save_model` needs only `state_dict` and `info`."""
+    """Stands in for a RankPromptModel (the real one is 50 MB): `save_model` needs only `state_dict` and `card`."""
 
     def __init__(self, v: int) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(1024, 1024, generator=torch.Generator().manual_seed(10 + v)))
         self.register_buffer("step", torch.tensor(v))
-        self.info = {"method": "numclip_fixed", "rank_words": [str(k) for k in range(10)]}
+        words = [str(k) for k in range(10)]
+        self.card = ModelCard(numclip_version="test", method="coop", method_config=method_config(learner="plain"),
+                              model=BackboneCard(arch="numclip-tiny"), num_ranks=10, rank_words=words,
+                              prompt_words=words, zeroshot_template="{}")
 
 
 @functools.cache
@@ -119,7 +124,7 @@ READERS: dict[str, Callable[[Path], object]] = {
     "csv": lambda p: p.read_text().splitlines()[ROWS],
     "manifest": read_manifest,
     "prototypes": load_prototypes,
-    "checkpoint": lambda p: (read_model_info(p), load_file(str(p))),
+    "checkpoint": lambda p: (read_model_card(p), load_file(str(p))),
     "png": lambda p: Image.open(p).load(),
 }
 

@@ -109,7 +109,7 @@ def test_concept_model_prompts_losses_and_round_trip(tiny_backbone, tmp_path):
 
 
 def test_head_config_validation():
-    with pytest.raises(NumclipError, match="use learner plain"):
+    with pytest.raises(NumclipError, match="methods.x: head: concepts learns one embedding per concept: use learner"):
         load_params(None, ["methods.x.learner=interpolated", "methods.x.head=concepts"])
     with pytest.raises(NumclipError, match="loss.regression needs head: concepts"):
         load_params(None, ["methods.x.learner=plain", "methods.x.loss.regression=1.0"])

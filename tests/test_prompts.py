@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from numclip.config import MethodConfig
+from numclip.config import method_config
 from numclip.core.errors import NumclipError
 from numclip.models.prompts import ContextPrompts, InterpolatedPrompts, build_prompt_learner
 from numclip.models.text import TextTower
@@ -13,7 +13,7 @@ SOT, EOT = 49406, 49407
 
 
 def _learner(backbone, **kw):
-    method = MethodConfig(**{"learner": "plain", **kw})
+    method = method_config(**{"learner": "plain", **kw})
     return build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer, WORDS,
                                 "a photo of {} objects.")
 
@@ -49,7 +49,7 @@ def test_context_from_text_and_rank_words(tiny_backbone):
 
 
 def test_fixed_prompts_equal_encode_text(tiny_backbone):
-    learner = build_prompt_learner(MethodConfig(learner="fixed"), TextTower(tiny_backbone.model),
+    learner = build_prompt_learner(method_config(learner="fixed"), TextTower(tiny_backbone.model),
                                    tiny_backbone.tokenizer, WORDS, "a photo of {} objects.")
     tower = TextTower(tiny_backbone.model)
     with torch.no_grad():

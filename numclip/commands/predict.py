@@ -114,7 +114,7 @@ class Predictor:
         self.model: RankPromptModel = load_model(model_file, self.device)
         if head_file is not None:
             prototypes, self.scale, meta = load_prototypes(head_file)
-            expected = len(self.model.info["prompt_words"])
+            expected = len(self.model.card.prompt_words)
             if prototypes.shape[0] != expected:
                 raise NumclipError(f"{head_file} has {prototypes.shape[0]} prototypes but {model_file} "
                                    f"has {expected} prompts")

@@ -11,13 +11,20 @@ from numclip.config.loading import (
     set_value,
     validate_params,
 )
+from numclip.config.methods import (
+    FixedMethod,
+    InterpolatedMethod,
+    LossWeights,
+    MethodBase,
+    MethodConfig,
+    PlainMethod,
+    method_config,
+)
 from numclip.config.schema import (
     NUMBER_WORDS,
     TASK_PRESETS,
     DataConfig,
     LearningRates,
-    LossWeights,
-    MethodConfig,
     ModelConfig,
     Params,
     SplitConfig,
@@ -27,7 +34,8 @@ from numclip.config.schema import (
     read_word_file,
 )
 
-__all__ = ["NUMBER_WORDS", "TASK_PRESETS", "DataConfig", "LearningRates", "LossWeights", "MethodConfig",
+__all__ = ["NUMBER_WORDS", "TASK_PRESETS", "DataConfig", "FixedMethod", "InterpolatedMethod", "LearningRates",
+           "LossWeights", "MethodBase", "MethodConfig", "PlainMethod", "method_config",
            "ModelConfig", "Params", "SplitConfig", "SubsetConfig", "SyntheticConfig", "TaskPreset",
            "apply_overrides", "load_params", "parse_override", "read_params_file", "read_word_file",
            "set_value", "validate_params"]

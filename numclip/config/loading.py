@@ -8,18 +8,25 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from numclip.config.schema import Params, default_methods
+from numclip.config.methods import METHOD_VARIANTS, default_methods
+from numclip.config.schema import Params
 from numclip.core.errors import NumclipError
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid params in {source}:"]
+    """One line per mistake, each naming its dotted key (a method's variant tag left out:
+    methods.coop.n_ctx, not methods.coop.plain.n_ctx); a single mistake is a single line."""
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) >= 3 and loc[0] == "methods" and loc[2] in METHOD_VARIANTS:
+            del loc[2]
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key}: {e['msg']}{shown}")
-    return "\n".join(lines)
+        shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
+        lines.append(f"{'.'.join(loc) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}{shown}")
+    if len(lines) == 1:
+        return f"invalid params in {source}: {lines[0]}"
+    return "\n  ".join([f"invalid params in {source}:", *lines])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -10,17 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from numclip.config.methods import MethodBase, MethodConfig, default_methods
+from numclip.config.section import Section
 from numclip.core.errors import NumclipError
 
 NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
                 "eighteen", "nineteen", "twenty"]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -150,64 +148,6 @@ class TaskConfig(Section):
     @property
     def concept_preset(self) -> Optional[str]:
         return self.concepts.preset or TASK_PRESETS[self.preset].concepts
-
-
-class LossWeights(Section):
-    """Weights of the loss terms; 0 switches a term off."""
-
-    ce: float = Field(1.0, ge=0)  # cross-entropy over the head's classes
-    kl: float = Field(1.0, ge=0)  # OrdinalCLIP's text->image KL
-    ranking_ce: float = Field(0.0, ge=0)  # NumCLIP's ranking-weighted cross-entropy
-    ranking_kl: float = Field(0.0, ge=0)  # NumCLIP's text->image ranking-weighted KL
-    regression: float = Field(0.0, ge=0)  # L1 on the fine regressor (concept head only)
-    pairwise: float = Field(0.0, ge=0)  # L2RCLIP's cross-modal ordinal pairwise loss
-    ranking_mode: Literal["faithful", "fixed"] = "faithful"
-
-
-class MethodConfig(Section):
-    """A prompt learner and its loss: zero-shot (fixed text), CoOp (plain) or OrdinalCLIP (interpolated)."""
-
-    learner: Literal["fixed", "plain", "interpolated"]
-    context_init: Optional[str] = "a photo of"  # None: random N(0, 0.02^2) context of n_ctx tokens
-    n_ctx: int = Field(4, ge=1, le=64)
-    rank_specific_context: bool = False
-    rank_position: Literal["tail", "front", "middle"] = "tail"
-    rank_init: Literal["words", "random"] = "words"
-    rank_words_file: Optional[str] = Field(
-        None, description="one word per line: K lines (plain) or num_base_ranks lines (interpolated)")
-    tokens_per_rank: Optional[int] = Field(1, ge=1, le=16)  # None: each rank word's own token count
-    num_base_ranks: int = Field(3, ge=1)
-    interpolation: Literal["linear", "inv_prop", "piecewise", "gaussian"] = "linear"
-    gaussian_bandwidth: Optional[float] = Field(None, gt=0)
-    head: Literal["ranks", "concepts"] = "ranks"  # concepts: NumCLIP's coarse-to-fine head
-    adapter_alpha: float = Field(0.8, ge=0, le=1)
-    regressor_anchor: Literal["lower_edge", "centre"] = "lower_edge"
-    regressor_shift: bool = True  # False: plain expectation over the bin anchors
-    loss: LossWeights = LossWeights()
-
-    @model_validator(mode="after")
-    def _head_fits(self) -> "MethodConfig":
-        if self.head == "concepts" and self.learner == "interpolated":
-            raise ValueError("head: concepts learns one embedding per concept: use learner plain")
-        if self.loss.regression > 0 and self.head != "concepts":
-            raise ValueError("loss.regression needs head: concepts (the fine regressor)")
-        return self
-
-
-NUMCLIP_LOSS = dict(ce=0.0, kl=0.0, ranking_ce=1.0, ranking_kl=1.0, regression=1.0)  # released: all 1.0
-
-
-def default_methods() -> dict[str, MethodConfig]:
-    numclip = dict(learner="plain", head="concepts", tokens_per_rank=None)
-    return {
-        "zeroshot": MethodConfig(learner="fixed"),
-        "coop": MethodConfig(learner="plain"),
-        "ordinalclip": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear"),
-        "ordinalclip_l2r": MethodConfig(learner="interpolated", num_base_ranks=3, interpolation="linear",
-                                        loss=LossWeights(pairwise=1.0)),
-        "numclip_faithful": MethodConfig(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="faithful")),
-        "numclip_fixed": MethodConfig(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="fixed")),
-    }
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -434,7 +374,7 @@ class Params(Section):
                 e.figures_dir, e.heads_dir, b.pretrain_output, b.pretrain_metrics, b.models_dir, b.runs_dir,
                 b.metrics_dir, b.plots_dir, b.checkpoints_dir, c.metrics, c.table, c.output_dir]
 
-    def method(self, name: str) -> MethodConfig:
+    def method(self, name: str) -> MethodBase:
         if name not in self.methods:
             raise NumclipError(
                 f"unknown method '{name}': params 'methods' has {', '.join(sorted(self.methods))}")

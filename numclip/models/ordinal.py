@@ -6,7 +6,6 @@ rank words, preprocessing), so loading needs neither the params file nor any dow
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,35 +15,35 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from numclip import __version__
-from numclip.config import LearningRates, MethodConfig, ModelConfig, Params
+from numclip.config import LearningRates, ModelConfig, Params
+from numclip.config.methods import MethodBase, method_config
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
 from numclip.models.backbone import Backbone, create_backbone
+from numclip.models.card import BackboneCard, ConceptsCard, ModelCard
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor, concept_bins
 from numclip.models.head import Impl, cosine_logits
-from numclip.models.prompts import ContextPrompts, build_prompt_learner
+from numclip.models.prompts import PromptLearner, build_prompt_learner
 from numclip.models.readouts import readout_argmax, readout_expectation
 from numclip.models.text import TextTower
-
-FORMAT_VERSION = 1
 
 
 class RankPromptModel(nn.Module):
     """logits = s * normalize(image_encoder(x)) @ normalize(text_tower(prompts))^T, one prompt per rank."""
 
-    def __init__(self, backbone: Backbone, prompts: nn.Module, info: dict[str, Any]):
+    def __init__(self, backbone: Backbone, prompts: PromptLearner, card: ModelCard):
         super().__init__()
         self.clip = backbone.model
         self.prompts = prompts
         self.text = TextTower(backbone.model)
         self.tokenizer = backbone.tokenizer
         self.preprocess = backbone.preprocess
-        self.info = info  # method, backbone and words: what a saved model needs to be rebuilt
+        self.card = card  # method, backbone and words: what a saved model needs to be rebuilt
 
     @property
     def num_ranks(self) -> int:
         """K, the number of fine ranks predicted."""
-        return int(self.info["num_ranks"])
+        return self.card.num_ranks
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
@@ -95,12 +94,9 @@ class RankPromptModel(nn.Module):
             "image_encoder": list(self.clip.visual.parameters()),
             "text_encoder": self.text.parameters(),
             "logit_scale": [self.clip.logit_scale],
-            "context": [], "rank": [],
+            **self.prompts.trainable(),  # the learner names its own groups (context, rank)
             "head": [p for m in self.head_modules() for p in m.parameters()],
         }
-        if isinstance(self.prompts, ContextPrompts):
-            groups["context"] = [self.prompts.context]
-            groups["rank"] = [self.prompts.rank_embeds]
         for p in self.parameters():
             p.requires_grad_(False)
         out = []
@@ -116,13 +112,16 @@ class RankPromptModel(nn.Module):
 class ConceptModel(RankPromptModel):
     """NumCLIP: image -> language concept (C coarse bins) -> number (SSR regressor), methods.md §4."""
 
-    def __init__(self, backbone: Backbone, prompts: nn.Module, info: dict[str, Any], bins: ConceptBins):
-        super().__init__(backbone, prompts, info)
-        method = info["method_config"]
-        self.bins = bins
-        self.adapter = ImageAdapter(int(self.clip.visual.output_dim), method["adapter_alpha"])
-        anchors = bins.lower_edges() if method["regressor_anchor"] == "lower_edge" else bins.centres()
-        self.regressor = SSRRegressor(anchors, use_shift=method["regressor_shift"])
+    def __init__(self, backbone: Backbone, prompts: PromptLearner, card: ModelCard):
+        super().__init__(backbone, prompts, card)
+        method = card.method_config
+        c = card.concepts
+        if c is None:
+            raise NumclipError(f"method '{card.method}' has head: concepts but its card records no concepts")
+        self.bins = bins = ConceptBins(tuple(c.edges), tuple(c.names), card.num_ranks, c.label_shift)
+        self.adapter = ImageAdapter(int(self.clip.visual.output_dim), method.adapter_alpha)
+        anchors = bins.lower_edges() if method.regressor_anchor == "lower_edge" else bins.centres()
+        self.regressor = SSRRegressor(anchors, use_shift=method.regressor_shift)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.clip.encode_image(images))
@@ -148,48 +147,53 @@ class ConceptModel(RankPromptModel):
         return [self.adapter, self.regressor]
 
 
-def _assemble(backbone: Backbone, method: MethodConfig, info: dict[str, Any],
-              bins: Optional[ConceptBins], seed: int) -> RankPromptModel:
-    prompts = build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer, info["prompt_words"],
-                                   info["zeroshot_template"], seed=seed)
+# The model class of each `head` value (numclip.config.methods.HEADS).
+HEADS: dict[str, type[RankPromptModel]] = {"ranks": RankPromptModel, "concepts": ConceptModel}
+
+
+def _assemble(backbone: Backbone, card: ModelCard, seed: int) -> RankPromptModel:
+    method = card.method_config
+    prompts = build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer, card.prompt_words,
+                                   card.zeroshot_template, seed=seed)
     device = next(backbone.model.parameters()).device
-    if method.head == "concepts":
-        return ConceptModel(backbone, prompts, info, bins).to(device)
-    return RankPromptModel(backbone, prompts.to(device), info)
+    return HEADS[method.head](backbone, prompts, card).to(device)
+
+
+def _card(params: Params, name: str, method: MethodBase, backbone: Backbone) -> ModelCard:
+    words = params.rank_words()
+    bins = concept_bins(params) if method.head == "concepts" else None
+    return ModelCard(
+        numclip_version=__version__, method=name, method_config=method,
+        model=BackboneCard(arch=backbone.arch, pretrained=backbone.pretrained), preprocess=backbone.preprocess_cfg,
+        num_ranks=len(words), rank_words=words, prompt_words=list(bins.names) if bins else words,
+        concepts=None if bins is None else ConceptsCard(edges=list(bins.edges), names=list(bins.names),
+                                                        label_shift=bins.label_shift),
+        zeroshot_template=params.task.template)
 
 
 def build_model(params: Params, method_name: str, backbone: Backbone) -> RankPromptModel:
     """A fresh model for `method_name` on `backbone`, initialised from params."""
-    method = params.method(method_name)
-    words = params.rank_words()
-    bins = concept_bins(params) if method.head == "concepts" else None
-    info = {
-        "format": FORMAT_VERSION,
-        "numclip_version": __version__,
-        "method": method_name,
-        "method_config": method.model_dump(),
-        "model": {"arch": backbone.arch, "pretrained": backbone.pretrained},
-        "preprocess": backbone.preprocess_cfg,
-        "num_ranks": len(words),
-        "rank_words": words,
-        "prompt_words": list(bins.names) if bins else words,
-        "concepts": None if bins is None else {"edges": list(bins.edges), "names": list(bins.names),
-                                               "label_shift": bins.label_shift},
-        "zeroshot_template": params.task.template,
-    }
+    card = _card(params, method_name, params.method(method_name), backbone)
     torch.manual_seed(params.train.seed)  # the head's initialisation
-    return _assemble(backbone, method, info, bins, params.train.seed)
+    return _assemble(backbone, card, params.train.seed)
+
+
+def zero_shot_model(params: Params, backbone: Backbone) -> RankPromptModel:
+    """Zero-shot CLIP with the task's template and rank words (pretraining's check of the backbone);
+    it leaves the global RNG alone, so it can be built in the middle of a run."""
+    card = _card(params, "zero-shot", method_config(learner="fixed"), backbone)
+    return _assemble(backbone, card, seed=0)
 
 
 def save_model(model: RankPromptModel, path: str | Path, extra: Optional[dict[str, Any]] = None) -> None:
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.cpu().contiguous()
              for k, v in model.state_dict().items()}
-    meta = dict(model.info, **(extra or {}))
+    card = model.card.model_copy(update=extra or {})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"numclip": json.dumps(meta)})
+        save_file(state, str(tmp), metadata={"numclip": card.to_json()})
 
 
-def read_model_info(path: str | Path) -> dict[str, Any]:
+def read_model_card(path: str | Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():
         raise NumclipError(f"model file not found: {path}")
@@ -200,21 +204,19 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
         raise NumclipError(f"{path} is not a safetensors model file: {e}") from None
     if meta is None:
         raise NumclipError(f"{path} is not a numclip model (no 'numclip' metadata)")
-    return json.loads(meta)
+    return ModelCard.from_json(meta, str(path))
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> RankPromptModel:
     """Rebuild a saved model: architecture from metadata (no weights download), then its weights."""
-    info = read_model_info(path)
-    backbone = create_backbone(ModelConfig(arch=info["model"]["arch"]), device,
-                               preprocess_cfg=info.get("preprocess"))
-    backbone.pretrained = info["model"].get("pretrained")
+    card = read_model_card(path)
+    backbone = create_backbone(ModelConfig(arch=card.model.arch), device, preprocess_cfg=card.preprocess)
+    backbone.pretrained = card.model.pretrained
     # initial values are overwritten by the saved state: do not depend on word files being present
-    method = MethodConfig.model_validate(dict(info["method_config"], rank_words_file=None))
-    concepts = info.get("concepts")
-    bins = None if concepts is None else ConceptBins(tuple(concepts["edges"]), tuple(concepts["names"]),
-                                                     info["num_ranks"], concepts["label_shift"])
-    model = _assemble(backbone, method, info, bins, seed=0)
+    if hasattr(card.method_config, "rank_words_file"):
+        card = card.model_copy(update={"method_config": card.method_config.model_copy(
+            update={"rank_words_file": None})})
+    model = _assemble(backbone, card, seed=0)
     state = load_file(str(path), device=str(device))
     try:
         model.load_state_dict(state, strict=True)

@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from numclip.config import MethodConfig, read_word_file
+from numclip.config import read_word_file
+from numclip.config.methods import ContextMethod, MethodBase
 from numclip.config.schema import as_prompt_text
 from numclip.core.errors import NumclipError
 from numclip.models.interpolation import anchors, interpolation_weights
@@ -25,18 +26,40 @@ INIT_STD = 0.02
 PLACEHOLDER = "X"
 
 
-class FixedPrompts(nn.Module):
+class PromptLearner(nn.Module):
+    """A prompt learner: `forward(tower)` gives the prompts' token embeddings [K, L, W] and the
+    position to pool [K]; `build` makes one from its method's params; `trainable` names its
+    parameter groups (the keys of train.lr) so that the optimiser never misses one."""
+
+    @classmethod
+    def build(cls, method: MethodBase, tower: TextTower, tokenizer: Callable, rank_words: list[str],
+              zeroshot_template: str, generator: torch.Generator) -> "PromptLearner":
+        raise NotImplementedError
+
+    def trainable(self) -> dict[str, list[nn.Parameter]]:
+        raise NotImplementedError
+
+
+class FixedPrompts(PromptLearner):
     """Plain text prompts (zero-shot CLIP): nothing to learn."""
 
     def __init__(self, token_ids: torch.Tensor):
         super().__init__()
         self.register_buffer("token_ids", token_ids, persistent=False)
 
+    @classmethod
+    def build(cls, method, tower, tokenizer, rank_words, zeroshot_template, generator) -> "FixedPrompts":
+        ids = tokenizer([zeroshot_template.format(w) for w in rank_words])
+        return cls(ids.to(tower.tower.token_embedding.weight.device))
+
+    def trainable(self) -> dict[str, list[nn.Parameter]]:
+        return {}
+
     def forward(self, tower: TextTower) -> tuple[torch.Tensor, torch.Tensor]:
         return tower.embed(self.token_ids), tower.pool_index(self.token_ids)
 
 
-class ContextPrompts(nn.Module):
+class ContextPrompts(PromptLearner):
     """CoOp: learnable context vectors and one independent learnable embedding per rank."""
 
     def __init__(self, token_ids: torch.Tensor, frame: torch.Tensor, context: torch.Tensor,
@@ -48,6 +71,13 @@ class ContextPrompts(nn.Module):
         self.context = nn.Parameter(context)  # [n, W] shared, or [K, n, W] rank-specific
         self.rank_embeds = nn.Parameter(rank_embeds)
         self.rank_position = rank_position
+
+    @classmethod
+    def build(cls, method, tower, tokenizer, rank_words, zeroshot_template, generator) -> "ContextPrompts":
+        return cls(*_learned_prompt_parts(method, tower, tokenizer, rank_words, len(rank_words), generator))
+
+    def trainable(self) -> dict[str, list[nn.Parameter]]:
+        return {"context": [self.context], "rank": [self.rank_embeds]}
 
     @property
     def num_ranks(self) -> int:
@@ -84,6 +114,15 @@ class InterpolatedPrompts(ContextPrompts):
         super().__init__(token_ids, frame, context, base_rank_embeds, rank_position, rank_lengths)
         self.register_buffer("interpolation", weights.to(base_rank_embeds.dtype))
 
+    @classmethod
+    def build(cls, method, tower, tokenizer, rank_words, zeroshot_template, generator) -> "InterpolatedPrompts":
+        k, learned = len(rank_words), method.num_base_ranks
+        if not 1 <= learned <= k:
+            raise NumclipError(f"num_base_ranks is {learned} but must be in 1..{k} (data.num_ranks)")
+        parts = _learned_prompt_parts(method, tower, tokenizer, rank_words, learned, generator)
+        weights = interpolation_weights(k, learned, method.interpolation, method.gaussian_bandwidth)
+        return cls(*parts, weights=weights.to(parts[0].device))
+
     def rank_embeddings(self) -> torch.Tensor:
         return torch.einsum("kl,lmw->kmw", self.interpolation, self.rank_embeds)
 
@@ -106,20 +145,12 @@ def _word_embeddings(tower: TextTower, tokenizer: Callable, words: list[str], m:
     return out
 
 
-def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Callable,
-                         rank_words: list[str], zeroshot_template: str, seed: int = 0) -> nn.Module:
-    """The learner for `method.learner`, initialised as configured (deterministic under `seed`)."""
+def _learned_prompt_parts(method: ContextMethod, tower: TextTower, tokenizer: Callable, rank_words: list[str],
+                         learned: int, generator: torch.Generator) -> tuple:
+    """What ContextPrompts is made of, for `learned` rank embeddings initialised as configured."""
     k = len(rank_words)
     device = tower.tower.token_embedding.weight.device
-    if method.learner == "fixed":
-        ids = tokenizer([zeroshot_template.format(w) for w in rank_words])
-        return FixedPrompts(ids.to(device))
-
-    generator = torch.Generator().manual_seed(seed)
     context = _initial_context(method, tower, tokenizer, k, generator)
-    learned = k if method.learner == "plain" else method.num_base_ranks
-    if method.learner == "interpolated" and not 1 <= learned <= k:
-        raise NumclipError(f"num_base_ranks is {learned} but must be in 1..{k} (data.num_ranks)")
     words = None if method.rank_init == "random" else _init_words(method, rank_words, learned)
     lengths = _rank_lengths(method, tokenizer, words, k)
     n, m = context.shape[-2], max(lengths)
@@ -134,16 +165,23 @@ def build_prompt_learner(method: MethodConfig, tower: TextTower, tokenizer: Call
         base = torch.randn(learned, m, tower.width, generator=generator) * INIT_STD
     else:
         base = _word_embeddings(tower, tokenizer, words, m, generator)
-
-    args = (token_ids, frame, context.to(device), base.to(device), method.rank_position,
+    return (token_ids, frame, context.to(device), base.to(device), method.rank_position,
             torch.tensor(lengths, device=device))
-    if method.learner == "plain":
-        return ContextPrompts(*args)
-    weights = interpolation_weights(k, learned, method.interpolation, method.gaussian_bandwidth)
-    return InterpolatedPrompts(*args, weights=weights.to(device))
 
 
-def _initial_context(method: MethodConfig, tower: TextTower, tokenizer: Callable, k: int,
+# The prompt learner of each `learner` value (numclip.config.methods has the params class of each).
+LEARNERS: dict[str, type[PromptLearner]] = {
+    "fixed": FixedPrompts, "plain": ContextPrompts, "interpolated": InterpolatedPrompts}
+
+
+def build_prompt_learner(method: MethodBase, tower: TextTower, tokenizer: Callable,
+                         rank_words: list[str], zeroshot_template: str, seed: int = 0) -> PromptLearner:
+    """The learner for `method.learner`, initialised as configured (deterministic under `seed`)."""
+    generator = torch.Generator().manual_seed(seed)
+    return LEARNERS[method.learner].build(method, tower, tokenizer, rank_words, zeroshot_template, generator)
+
+
+def _initial_context(method: ContextMethod, tower: TextTower, tokenizer: Callable, k: int,
                      generator: torch.Generator) -> torch.Tensor:
     """[n, W] shared or [K, n, W] rank-specific: the embedded `context_init` text (each rank starts
     from it), or random N(0, 0.02^2), drawn independently for every rank when rank-specific."""
@@ -156,19 +194,16 @@ def _initial_context(method: MethodConfig, tower: TextTower, tokenizer: Callable
     return torch.randn(*shape, generator=generator) * INIT_STD
 
 
-def _rank_lengths(method: MethodConfig, tokenizer: Callable, words: list[str] | None, k: int) -> list[int]:
+def _rank_lengths(method: ContextMethod, tokenizer: Callable, words: list[str] | None, k: int) -> list[int]:
     """Tokens per rank: `tokens_per_rank` for all, or (None) the token count of the word each rank is
-    initialised from (the method's word file, else the task's), which only a plain learner with
-    word-initialised ranks at the tail can use."""
-    if method.tokens_per_rank is not None:
-        return [method.tokens_per_rank] * k
-    if method.learner != "plain" or words is None or method.rank_position != "tail":
-        raise NumclipError("tokens_per_rank: null (each word's own length) needs learner: plain, "
-                           "rank_init: words and rank_position: tail")
+    initialised from (the method's word file, else the task's): the params allow that only for a
+    plain learner with word-initialised ranks at the tail (numclip.config.methods)."""
+    if method.tokens_per_rank is not None or words is None:
+        return [method.tokens_per_rank or 1] * k
     return [max(len(_content_ids(tokenizer, w)), 1) for w in words]
 
 
-def _init_words(method: MethodConfig, rank_words: list[str], learned: int) -> list[str]:
+def _init_words(method: ContextMethod, rank_words: list[str], learned: int) -> list[str]:
     """Words for the learned rank embeddings: the method's file (exactly `learned` lines) or the
     task's rank words (at the anchor positions, for interpolated prompts)."""
     if method.rank_words_file is not None:

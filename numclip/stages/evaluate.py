@@ -39,7 +39,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     with torch.no_grad():
         prototypes = model.prototypes().float()
         scale = float(model.logit_scale())
-    result: dict[str, Any] = {"method": method, "best_epoch": model.info.get("best_epoch")}
+    result: dict[str, Any] = {"method": method, "best_epoch": model.card.best_epoch}
     shown_logits = shown_targets = None
     for split in SPLITS:
         dataset = ImageRankDataset(manifest, split, model.preprocess)
@@ -53,7 +53,7 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     result["ordinality_initial"] = None if initial is None else prototype_ordinality(initial)["overall"]
 
     save_prototypes(head_path(params, method), prototypes, scale,
-                    {k: model.info[k] for k in ("method", "model", "rank_words", "prompt_words", "preprocess")})
+                    model.card.head_metadata())
     shown = result[params.evaluate.split]
     plots = Path(params.evaluate.plots_dir)
     write_csv(plots / "per_rank_error" / f"{method}.csv", ["rank", "mae_argmax", "count"],
@@ -61,13 +61,13 @@ def evaluate(params: Params, method: str, log: Callable[[str], None] = print) ->
     write_csv(plots / "confusion" / f"{method}.csv", ["actual", "predicted"],
               list(zip(shown_targets.tolist(), model.readout(shown_logits.to(device))[0].tolist())))
     figures = Path(params.evaluate.figures_dir) / method
-    save_figure(confusion_figure(shown["confusion"], model.info["rank_words"]), figures / "confusion.png")
+    save_figure(confusion_figure(shown["confusion"], model.card.rank_words), figures / "confusion.png")
     save_figure(per_rank_error_figure(shown["per_rank_mae"], shown["per_rank_count"]),
                 figures / "per_rank_error.png")
     axis = "concept" if params.method(method).head == "concepts" else "rank"
     save_figure(similarity_figure(similarity_matrix(prototypes.cpu()),
                                   title=f"{method}: cosine similarity of {axis} prototypes",
-                                  labels=model.info["prompt_words"], axis=axis),
+                                  labels=model.card.prompt_words, axis=axis),
                 figures / "prototype_similarity.png")
     write_json(metrics_path(params, method), result)
     log(f"{method}: {params.evaluate.split} MAE {shown['mae_argmax']:.3f} (argmax) "

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from numclip.config import MethodConfig, Params
+from numclip.config import Params
 from numclip.core.atomic import write_json
 from numclip.core.progress import progress
 from numclip.core.runtime import run_record, seed_everything
@@ -33,9 +33,7 @@ from numclip.evaluation.inference import autocast, collect_logits, metrics_from_
 from numclip.losses.contrastive import clip_contrastive_loss
 from numclip.losses.counting import count_aware_clip_loss, counting_contrastive_loss
 from numclip.models.backbone import Backbone, create_backbone, resolve_device, save_backbone
-from numclip.models.ordinal import RankPromptModel
-from numclip.models.prompts import build_prompt_learner
-from numclip.models.text import TextTower
+from numclip.models.ordinal import zero_shot_model
 from numclip.training.schedules import cosine_schedule
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps its temperature the same way
@@ -61,13 +59,6 @@ class CaptionedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         image, _ = self.images[i]
         return image, self.caption(i)
-
-
-def zero_shot_model(params: Params, backbone: Backbone) -> RankPromptModel:
-    words = params.rank_words()
-    prompts = build_prompt_learner(MethodConfig(learner="fixed"), TextTower(backbone.model), backbone.tokenizer,
-                                   words, params.task.template)
-    return RankPromptModel(backbone, prompts, {"rank_words": words, "num_ranks": len(words)})
 
 
 def pretrain(params: Params, log: Callable[[str], None] = print) -> dict[str, Any]:

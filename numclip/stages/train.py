@@ -68,7 +68,7 @@ def training_subset(manifest: Manifest, cfg: SubsetConfig) -> tuple[Manifest, Op
 def _log_prototypes(writer: SummaryWriter, model: RankPromptModel, step: int) -> None:
     with torch.no_grad():
         sim = similarity_matrix(model.prototypes().float().cpu())
-    words = model.info["prompt_words"]
+    words = model.card.prompt_words
     axis = "rank" if len(words) == model.num_ranks else "concept"
     writer.add_figure("prototypes/similarity", similarity_figure(sim, labels=words, axis=axis), global_step=step)
 
@@ -100,7 +100,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print,
     val_set = ImageRankDataset(manifest, cfg.select_split, backbone.preprocess)
     out_path = model_path(params, method)
     say = log if ctx.is_main else _quiet
-    trained = method_cfg.learner != "fixed"
+    trained = method_cfg.trains
     checkpoints = Checkpoints(params, method, code_fingerprint(__name__)) if trained else None
     state = checkpoints.start(resume, say) if checkpoints else TrainState()
 
@@ -295,9 +295,7 @@ def _hparams(params: Params, method: str) -> dict[str, Any]:
     out = {"method": method, "learner": m.learner, "arch": params.model.arch,
            "pretrained": str(params.model.pretrained), "epochs": t.epochs, "batch_size": t.batch_size,
            "optimizer": t.optimizer, "schedule": t.schedule, "seed": t.seed, "num_ranks": params.data.num_ranks}
-    if m.learner != "fixed":
-        out.update(n_ctx=m.n_ctx, context_init=str(m.context_init), rank_position=m.rank_position,
-                   interpolation=m.interpolation if m.learner == "interpolated" else "none",
-                   num_base_ranks=m.num_base_ranks if m.learner == "interpolated" else 0)
+    out.update({k: v for k, v in m.summary().items() if k not in out})
+    if m.trains:
         out.update({f"lr_{k}": v for k, v in t.lr.model_dump().items()})
     return out
