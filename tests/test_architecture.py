@@ -114,3 +114,14 @@ def test_the_closure_follows_imports_and_the_fingerprint_follows_the_code(tmp_pa
     assert "stages/train.py" not in closure and "training/resume.py" not in closure
     assert code_fingerprint("numclip.models.prompts") == code_fingerprint("numclip.models.prompts")
     assert code_fingerprint("numclip.models.prompts") != code_fingerprint("numclip.losses.ranking")
+
+
+def test_one_image_suffix_set_and_one_csv_reader():
+    """Ingest, importers, predict and CountBench agree on what an image is, and read CSV one way."""
+    for _, path in _modules():
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(PACKAGE_DIR).as_posix()
+        if rel != "data/sources.py":
+            assert '".jpeg"' not in text and '".webp"' not in text, f"{rel} lists image suffixes of its own"
+        if rel != "data/tables.py":
+            assert "csv.reader(" not in text, f"{rel} reads CSV by itself"

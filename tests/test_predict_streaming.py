@@ -15,7 +15,6 @@ from PIL import Image
 
 from numclip.cli import main
 from numclip.commands.predict import (
-    IMAGE_SUFFIXES,
     Prediction,
     Predictor,
     collect_images,
@@ -24,6 +23,7 @@ from numclip.commands.predict import (
 )
 from numclip.config import load_params
 from numclip.core.errors import NumclipError
+from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.models.ordinal import build_model, save_model
 
 K = 5
@@ -129,8 +129,8 @@ def test_write_predictions_keeps_the_old_file_when_the_stream_fails(tmp_path):
 def test_iter_images_is_lazy_and_keeps_the_sorted_order(tmp_path):
     root = tmp_path / "tree"
     for rel in ("b.png", "b/c.png", "a/z.jpg", "a/notes.txt", "B/x.PNG", "b/d/e.webp"):
-        _png(root / rel, 0) if Path(rel).suffix.lower() in IMAGE_SUFFIXES else (root / rel).write_text("x")
-    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)  # the old order
+        _png(root / rel, 0) if Path(rel).suffix.lower() in IMAGE_EXTENSIONS else (root / rel).write_text("x")
+    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)  # the old order
     assert list(iter_images([root])) == expected == collect_images([root])
 
     listing = tmp_path / "list.txt"

@@ -21,12 +21,11 @@ import torch
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
 from numclip.data import load_image
+from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.evaluation.inference import autocast
 from numclip.models.head import cosine_logits, load_prototypes
 from numclip.models.ordinal import RankPromptModel, load_model
 from numclip.models.readouts import probabilities
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
@@ -60,7 +59,7 @@ def _walk_images(folder: Path, skipped: list[Path]) -> Iterator[Path]:
     for name, is_dir in entries:
         if is_dir:
             yield from _walk_images(folder / name, skipped)
-        elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
             yield folder / name
         elif not name.startswith("."):
             skipped.append(folder / name)
@@ -87,7 +86,7 @@ def iter_images(inputs: Sequence[str | Path], skipped: Optional[list[Path]] = No
     for item in map(Path, inputs):
         if item.is_dir():
             sources.append(_walk_images(item, skipped))
-        elif item.suffix.lower() in IMAGE_SUFFIXES:
+        elif item.suffix.lower() in IMAGE_EXTENSIONS:
             sources.append([item])  # a missing image becomes an error row, not a crash
         elif item.is_file():
             sources.append(_read_list_file(item))

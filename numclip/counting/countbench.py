@@ -21,10 +21,10 @@ from numclip.core.errors import NumclipError
 from numclip.counting.captions import COUNTS, count_captions, find_count
 from numclip.data.dataset import load_image
 from numclip.data.manifest import Manifest
+from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.evaluation.inference import autocast
 from numclip.models.backbone import Backbone
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FIELDS = ("image_url", "text", "number")
 LOWEST, HIGHEST = COUNTS[0], COUNTS[-1]
 
@@ -120,7 +120,7 @@ def _image_problem(path: Optional[Path], entry: dict[str, Any], check: bool) -> 
     if path is None:
         base = url_basename(entry["image_url"])
         also = f" or '{base}'" if base else ""
-        return f"image not found (looked for <index>{'|'.join(IMAGE_SUFFIXES)}, zero-padded too{also})"
+        return f"image not found (looked for <index>{'|'.join(IMAGE_EXTENSIONS)}, zero-padded too{also})"
     if check:
         try:
             load_image(path)
@@ -145,7 +145,7 @@ def _match_images(entries: list[dict[str, Any]], folder: Path) -> dict[int, Path
     files = sorted(p for p in folder.iterdir() if p.is_file())
     by_index: dict[int, Path] = {}
     for p in files:
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit():
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem.isdigit():
             by_index.setdefault(int(p.stem), p)
     found = {i: by_index[i] for i in range(len(entries)) if i in by_index}
     by_name = {p.name: p for p in files}

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from numclip.config import DataConfig
-from numclip.core.atomic import write_csv
 from numclip.core.errors import NumclipError
 from numclip.data.incoming import common_root, read_drops, rebase
 from numclip.data.manifest import (
@@ -28,7 +27,8 @@ from numclip.data.manifest import (
 )
 from numclip.data.sources import read_source
 from numclip.data.splits import assign_splits, select_fold
-from numclip.data.validate import Reject, validate
+from numclip.data.tables import Reject, write_rejects
+from numclip.data.validate import validate
 
 
 @dataclass
@@ -75,11 +75,6 @@ class _Part:
     root: Path
     candidates: list[Candidate]
     rows: list[ManifestRow] = field(default_factory=list)
-
-
-def write_rejects(rejects: list[Reject], path: str | Path) -> None:
-    write_csv(path, ["source_row", "path", "label", "reason"],
-              ([r.source_row, r.path, r.label, r.reason] for r in rejects))
 
 
 def _read_parts(cfg: DataConfig) -> list[_Part]:

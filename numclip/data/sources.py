@@ -6,7 +6,6 @@ they only fail on a file they cannot parse at all, naming the file and line.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -18,11 +17,14 @@ from numclip.config import DataConfig
 from numclip.core.errors import NumclipError
 from numclip.data.manifest import SPLITS, Candidate
 from numclip.data.synthetic import generate_synthetic
+from numclip.data.tables import read_csv_table
 
 __all__ = ["Candidate", "read_table", "read_folder", "read_lines", "read_listfile", "read_source"]
 
 REQUIRED_COLUMNS = ("path", "label")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# Every suffix an image may have anywhere in numclip (ingest, importers, predict, CountBench):
+# what Pillow reads, in the order a lookup by stem tries them.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _clean(value: object) -> object:
@@ -65,30 +67,14 @@ def read_table(path: str | os.PathLike) -> list[Candidate]:
 
 
 def _read_csv(path: Path) -> list[Candidate]:
+    names, rows = read_csv_table(path, "a header row with columns path,label")
+    _check_columns(path, names)
     out = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise NumclipError(f"{path} is empty: a header row with columns path,label is required")
-            names = [h.strip() for h in header]
-            _check_columns(path, names)
-            index = {name: i for i, name in enumerate(names)}
-            end = reader.line_num
-            for fields in reader:
-                line, end = end + 1, reader.line_num  # a quoted field may span lines: report the first
-                if not any(f.strip() for f in fields):
-                    continue
-                if len(fields) != len(names):
-                    raise NumclipError(f"{path}:{line} has {len(fields)} fields but the header has "
-                                       f"{len(names)} (quote values that contain commas)")
-                out.append(_candidate(lambda k: fields[index[k]] if k in index else None,  # noqa: B023 (called at once)
-                                      f"{path}:{line}"))
-    except UnicodeDecodeError as e:
-        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
-    except csv.Error as e:
-        raise NumclipError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
+    for row in rows:
+        if not row.fits(names):
+            raise NumclipError(f"{row.source_row} has {row.width} fields but the header has "
+                               f"{len(names)} (quote values that contain commas)")
+        out.append(_candidate(row.values.get, row.source_row))
     return out
 
 

@@ -18,14 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from numclip.core.errors import NumclipError
 from numclip.core.progress import progress
 from numclip.data.manifest import SPLITS, Candidate, ManifestRow
-
-
-@dataclass(frozen=True)
-class Reject:
-    source_row: str
-    path: str
-    label: str
-    reason: str
+from numclip.data.tables import Reject
 
 
 class _Rejected(Exception):

@@ -41,6 +41,7 @@ from typing import Sequence
 
 from numclip.core.errors import NumclipError
 from numclip.data.sources import read_lines
+from numclip.data.tables import read_csv_table
 from numclip.importers.common import (
     Bad,
     Collector,
@@ -48,13 +49,13 @@ from numclip.importers.common import (
     Row,
     as_int,
     as_number,
+    checked,
     dataset_root,
     fold_lists,
     list_fields,
     list_folders,
     median_grade,
     pick_column,
-    read_csv_table,
     rejects_path,
     require_column,
     round_half_up,
@@ -189,7 +190,7 @@ def _read_csv(col: Collector, path: Path, cats: list[str]) -> None:
     for row in rows:
         src = row.source_row
         with col.line(src, row.values.get(path_column, "")):
-            values = row.checked(names)
+            values = checked(row, names)
             raw = values[category_column].strip()
             c = ALIASES.get(raw.lower(), raw.lower())
             if c not in CATEGORIES:

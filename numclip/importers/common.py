@@ -10,7 +10,6 @@ the dataset root, which becomes `data.images_root`); the rejects go to `<out ste
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import posixpath
@@ -25,9 +24,9 @@ from typing import Iterator, Sequence
 from numclip.core.atomic import write_csv
 from numclip.core.errors import NumclipError
 from numclip.data.sources import IMAGE_EXTENSIONS
+from numclip.data.tables import CsvRow, Reject, write_rejects
 
 TABLE_COLUMNS = ("path", "label", "split", "fold", "group", "caption")
-REJECT_COLUMNS = ("source_row", "path", "reason")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
@@ -86,13 +85,6 @@ class Row:
     source_row: str = ""
 
 
-@dataclass(frozen=True)
-class Reject:
-    source_row: str
-    path: str
-    reason: str
-
-
 class Collector:
     """Gathers one importer's rows and rejects; checks the label range and duplicate images per fold."""
 
@@ -122,7 +114,7 @@ class Collector:
         return rel
 
     def reject(self, source_row: str, reason: str, path: str = "") -> None:
-        self.rejects.append(Reject(source_row, path, reason))
+        self.rejects.append(Reject(source_row, path, "", reason))
 
     def add(self, source_row: str, path: str, label: int, split: str = "", fold: int | None = None,
             group: str = "") -> Row:
@@ -147,7 +139,7 @@ class Collector:
                               f"(e.g. {self._dropped_example})")
         write_csv(out, TABLE_COLUMNS, ([r.path, r.label, r.split, "" if r.fold is None else r.fold,
                                         r.group, ""] for r in self.rows))
-        write_csv(rejects_out, REJECT_COLUMNS, ([r.source_row, r.path, r.reason] for r in self.rejects))
+        write_rejects(self.rejects, rejects_out)
         folds = sorted({r.fold for r in self.rows if r.fold is not None})
         counts = Counter(_count_key(r) for r in self.rows)
         return ImportReport(dataset=self.dataset, num_ranks=self.num_ranks, rows=len(self.rows),
@@ -181,50 +173,11 @@ def dataset_root(root: str | os.PathLike) -> Path:
     return root
 
 
-def norm_column(name: str) -> str:
-    """Header names compare case-insensitively, without a leading `#` (the Aesthetics TSV has one)."""
-    return name.strip().lstrip("#").strip().lower()
-
-
-@dataclass(frozen=True)
-class CsvRow:
-    source_row: str
-    values: dict[str, str]  # by normalised column name; partial when the line is short
-    width: int  # fields found on the line
-
-    def checked(self, header: Sequence[str]) -> dict[str, str]:
-        """The values, or a reject when the line's field count differs from the header's."""
-        if self.width != len(header):
-            raise Bad(f"{self.width} fields but the header has {len(header)}")
-        return self.values
-
-
-def read_csv_table(path: Path) -> tuple[list[str], list[CsvRow]]:
-    """Header (normalised names) and the data rows of a CSV/TSV; blank lines are not rows.
-
-    The delimiter is a tab for .tsv files or a header holding tabs, else a comma.
-    """
-    if not path.is_file():
-        raise NumclipError(f"table not found: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in f.readline()
-            f.seek(0)
-            reader = csv.reader(f, delimiter="\t" if tab else ",")
-            header = next(reader, None)
-            if not header or not any(h.strip() for h in header):
-                raise NumclipError(f"{path} is empty: a header row naming its columns is required")
-            names = [norm_column(h) for h in header]
-            rows, end = [], reader.line_num
-            for fields in reader:
-                line, end = end + 1, reader.line_num  # a quoted field may span lines: report the first
-                if any(x.strip() for x in fields):
-                    rows.append(CsvRow(f"{path}:{line}", dict(zip(names, fields)), len(fields)))
-    except UnicodeDecodeError as e:
-        raise NumclipError(f"{path} is not UTF-8 text: {e}") from None
-    except csv.Error as e:
-        raise NumclipError(f"{path}: not valid CSV: {e}") from None
-    return names, rows
+def checked(row: CsvRow, header: Sequence[str]) -> dict[str, str]:
+    """The row's values, or this line's reject when its field count differs from the header's."""
+    if not row.fits(header):
+        raise Bad(f"{row.width} fields but the header has {len(header)}")
+    return row.values
 
 
 def pick_column(names: Sequence[str], choices: Sequence[str]) -> str | None:
@@ -285,7 +238,7 @@ def locate(root: Path, raw: str, prefixes: Sequence[str] = ("",), add_extension:
     Tried in order: the path as given under each prefix, then with its leading folders dropped one by
     one (lists written on another machine say `../../datasets/Morph/image/x.jpg` for `image/x.jpg`).
     `..` never survives, so the result stays inside the root. With `add_extension`, a name without an
-    image suffix (a Flickr id) is also tried with .jpg/.jpeg/.png.
+    image suffix (a Flickr id) is also tried with each image suffix (.jpg first).
     """
     return _locate(root, raw, prefixes, add_extension)[0]
 
@@ -297,7 +250,7 @@ def _locate(root: Path, raw: str, prefixes: Sequence[str], add_extension: bool) 
         raise Bad("missing path")
     parts = [p for p in PurePosixPath(text).parts if p != "/"]
     extra = add_extension and not has_image_suffix(text)
-    suffixes = ["", ".jpg", ".jpeg", ".png"] if extra else [""]
+    suffixes = ["", *IMAGE_EXTENSIONS] if extra else [""]
     for start in range(len(parts)):
         tail = parts[start:]
         if ".." in tail:

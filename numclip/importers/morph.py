@@ -30,16 +30,17 @@ from pathlib import Path
 
 from numclip.core.errors import NumclipError
 from numclip.data.sources import read_lines
+from numclip.data.tables import read_csv_table
 from numclip.importers.common import (
     Bad,
     Collector,
     ImportReport,
     as_int,
+    checked,
     dataset_root,
     fold_lists,
     list_fields,
     list_folders,
-    read_csv_table,
     rejects_path,
     require_column,
 )
@@ -107,6 +108,6 @@ def _read_csv(col: Collector, path: Path, label_offset: int) -> None:
     for row in rows:
         src = row.source_row
         with col.line(src, row.values.get(path_column, "")):
-            values = row.checked(names)
+            values = checked(row, names)
             label = _label(values[age_column], label_offset, col.num_ranks)
             col.add(src, col.find(values[path_column]), label)
