@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbone = argparse.ArgumentParser(add_help=False)
     backbone.add_argument("--backbone", choices=BACKBONES, default="count-aware",
                           help="plain: the counting comparison's baseline, pretrained with the plain CLIP "
-                          "loss, with its own paths (params plain_backbone); default: count-aware")
+                          "loss, with its outputs under plain_backbone.root; default: count-aware")
     sub.add_parser("pretrain", parents=[common, backbone],
                    help="give the backbone a language prior (or save real weights)")
     sub.add_parser("prototypes", parents=[common], help="cache the text prototypes of each method's initial prompts")
@@ -245,7 +245,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         params = load_params(args.params, args.overrides)
         if getattr(args, "backbone", None) == "plain":
-            params = params.with_plain_backbone()
+            from numclip.config.paths import plain_twin
+
+            params = plain_twin(params)
         if args.command == "ingest":
             cmd_ingest(params)
         elif args.command == "pretrain":

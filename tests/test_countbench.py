@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from numclip.config import ModelConfig, load_params
-from numclip.config.paths import model_path
+from numclip.config.paths import model_path, plain_twin
 from numclip.core.errors import NumclipError
 from numclip.counting.captions import find_count
 from numclip.counting.countbench import (
@@ -211,9 +211,7 @@ def _stage_params(tmp_path, *extra):
         f"data.rejects={out / 'rejects.csv'}", f"data.incoming={out / 'none'}", "model.device=cpu",
         "methods={zeroshot: {learner: fixed}, coop: {learner: plain}}",
         f"pretrain.output={out / 'backbone.safetensors'}", f"pretrain.metrics={out / 'pretrain.json'}",
-        f"plain_backbone.pretrain_output={out / 'plain' / 'backbone.safetensors'}",
-        f"plain_backbone.pretrain_metrics={out / 'plain' / 'pretrain.json'}",
-        f"plain_backbone.models_dir={out / 'plain' / 'models'}", f"train.models_dir={out / 'models'}",
+        f"plain_backbone.root={out / 'plain'}", f"train.models_dir={out / 'models'}",
         f"counting.metrics={out / 'metrics' / 'counting.json'}", f"counting.table={out / 'metrics' / 'counting.md'}",
         f"counting.output_dir={out / 'figures'}",
         "counting.batch_size=16", *extra])
@@ -225,7 +223,7 @@ def stage_params(tmp_path):
     every method trained on the count-aware backbone but only zeroshot on the plain one."""
     params = _stage_params(tmp_path)
     ingest(params.data)
-    plain = params.with_plain_backbone()
+    plain = plain_twin(params)
     for seed, p in ((0, params), (1, plain)):
         torch.manual_seed(seed)
         backbone = create_backbone(ModelConfig(arch="numclip-tiny"), "cpu")
@@ -292,8 +290,8 @@ def test_run_counting_countbench_needs_images_and_plain_backbone(stage_params):
     with pytest.raises(NumclipError, match="countbench_images is not"):
         run_counting(params, log=lambda s: None)
     params = stage_params.model_copy(deep=True)
-    params.plain_backbone.pretrain_output = "nowhere/backbone.safetensors"
-    with pytest.raises(NumclipError, match="plain_backbone.pretrain_output"):
+    params.plain_backbone.root = "nowhere"
+    with pytest.raises(NumclipError, match="pretrain.output under plain_backbone.root"):
         run_counting(params, log=lambda s: None)
     params = stage_params.model_copy(deep=True)
     params.pretrain.output = "nowhere/backbone.safetensors"

@@ -175,7 +175,7 @@ def test_run_compares_the_count_aware_and_plain_backbones(run_dir):
         synthetic = counting[backbone]["synthetic"]
         assert synthetic["n"] > 0 and 0 <= synthetic["accuracy"] <= 1
         assert all(counting[backbone]["methods"][m] is not None for m in ("zeroshot", "coop"))
-    plain = json.loads((run_dir / "metrics" / "plain" / "pretrain.json").read_text())
+    plain = json.loads((run_dir / "comparison" / "plain" / "metrics" / "pretrain.json").read_text())
     assert plain["source"].startswith("contrastive (plain CLIP loss)")
     assert (run_dir / "comparison" / "plain" / "models" / "coop.safetensors").is_file()
     assert "| zero-shot counting accuracy" in (run_dir / "metrics" / "counting.md").read_text()

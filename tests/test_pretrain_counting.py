@@ -2,12 +2,14 @@
 baseline sees the same batches, and real (here: local) weights are fine-tuned only when asked."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from numclip.config import ModelConfig, load_params
+from numclip.config.paths import plain_twin
 from numclip.counting import CountingBatchSampler
 from numclip.data import ImageRankDataset, ingest, read_manifest
 from numclip.models.backbone import create_backbone, save_backbone
@@ -22,9 +24,7 @@ def tiny(tmp_path_factory):
         f"data.synthetic.output_dir={out / 'synthetic'}", f"data.manifest={out / 'manifest.parquet'}",
         f"data.rejects={out / 'rejects.csv'}", f"data.incoming={out / 'none'}", "model.device=cpu",
         "pretrain.epochs=1", "pretrain.batch_size=8", f"pretrain.output={out / 'backbone.safetensors'}",
-        f"pretrain.metrics={out / 'pretrain.json'}",
-        f"plain_backbone.pretrain_output={out / 'plain' / 'backbone.safetensors'}",
-        f"plain_backbone.pretrain_metrics={out / 'plain' / 'pretrain.json'}"])
+        f"pretrain.metrics={out / 'pretrain.json'}", f"plain_backbone.root={out / 'plain'}"])
     ingest(params.data)
     return params, out
 
@@ -33,12 +33,14 @@ def test_count_aware_by_default_and_plain_baseline(tiny):
     params, out = tiny
     assert params.count_loss_weight == 1.0 and params.pretrain.counting.weight is None  # from the task
     aware = pretrain(params, log=lambda s: None)
-    plain = pretrain(params.with_plain_backbone(), log=lambda s: None)
+    plain = pretrain(plain_twin(params), log=lambda s: None)
     assert aware["source"].startswith("count-aware contrastive") and "count_loss" in aware["history"][0]
     assert plain["source"].startswith("contrastive (plain CLIP loss)")
     assert "count_loss" not in plain["history"][0]
-    assert json.loads((out / "plain" / "pretrain.json").read_text())["source"] == plain["source"]
-    a, p = load_file(out / "backbone.safetensors"), load_file(out / "plain" / "backbone.safetensors")
+    twin = plain_twin(params)
+    assert Path(twin.pretrain.output).is_relative_to(out / "plain"), "the twin's files are under its root"
+    assert json.loads(Path(twin.pretrain.metrics).read_text())["source"] == plain["source"]
+    a, p = load_file(out / "backbone.safetensors"), load_file(twin.pretrain.output)
     assert any(not torch.equal(a[k], p[k]) for k in a), "the counting loss changed the weights"
 
 
@@ -47,7 +49,7 @@ def test_same_batches_with_and_without_the_counting_loss(tiny):
     params, _ = tiny
     for fraction in (None, 0.5):
         batches = []
-        for p in (params, params.with_plain_backbone()):
+        for p in (params, plain_twin(params)):
             p = p.model_copy(deep=True)
             p.pretrain.counting.fraction = fraction
             data = CaptionedImages(ImageRankDataset(read_manifest(p.data.manifest), "train"),

@@ -23,6 +23,7 @@ from PIL import Image
 
 from numclip.config import TASK_PRESETS, DataConfig, Params, load_params, parse_override, validate_params
 from numclip.config.params_file import dump_document, load_document, set_in_document
+from numclip.config.paths import output_paths
 from numclip.core.atomic import write_text
 from numclip.core.errors import NumclipError
 from numclip.data.manifest import SPLITS
@@ -197,7 +198,7 @@ def clear_results(previous: Params, keep: list[Path]) -> list[str]:
     """Remove the previous data's outputs inside the project (never a path holding `keep`) and dvc.lock."""
     project = Path.cwd().resolve()
     removed = []
-    for name in [*previous.output_paths(), "dvc.lock"]:
+    for name in [*output_paths(previous), "dvc.lock"]:
         path = Path(name).resolve()
         if not path.exists() or not path.is_relative_to(project) or path == project:
             continue

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from numclip.config.methods import MethodBase, MethodConfig, default_methods
-from numclip.config.section import Section
+from numclip.config.section import Section, output_path
 from numclip.core.errors import NumclipError
 
 NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -33,7 +33,7 @@ class SyntheticConfig(Section):
     min_size_fraction: float = Field(0.07, gt=0, lt=1)
     max_size_fraction: float = Field(0.12, gt=0, lt=1)
     seed: int = 0
-    output_dir: str = "data/synthetic"
+    output_dir: str = output_path("data/synthetic", "ingest")
 
     @model_validator(mode="after")
     def _sizes_ordered(self) -> "SyntheticConfig":
@@ -70,8 +70,8 @@ class DataConfig(Section):
     path: Optional[str] = None
     split_paths: dict[Literal["train", "val", "test"], str] = {}
     images_root: Optional[str] = None
-    manifest: str = "data/manifest.parquet"
-    rejects: str = "data/rejects.csv"
+    manifest: str = output_path("data/manifest.parquet", "ingest")
+    rejects: str = output_path("data/rejects.csv", "ingest")
     incoming: str = "incoming"  # data drops: one sub-folder per drop, added to the source's rows
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
     verify_images: bool = True
@@ -195,11 +195,11 @@ class TrainConfig(Section):
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
-    models_dir: str = "models"
-    runs_dir: str = "runs"
-    metrics_dir: str = "metrics/train"
-    plots_dir: str = "plots/training"  # per-epoch validation curves, CSV for `dvc plots`
-    checkpoints_dir: str = Field("checkpoints", description="resumable training state, removed once a run ends")
+    models_dir: str = output_path("models", "train")
+    runs_dir: str = output_path("runs", "train")  # TensorBoard
+    metrics_dir: str = output_path("metrics/train", "train")
+    plots_dir: str = output_path("plots/training", "train")  # per-epoch validation curves, CSV for `dvc plots`
+    checkpoints_dir: str = output_path("checkpoints", "train", "resumable training state, removed once a run ends")
     checkpoint_every_steps: Optional[int] = Field(
         100, ge=1, description="also save the training state every N steps (always at each epoch's end)")
 
@@ -239,21 +239,16 @@ class PretrainConfig(Section):
     counting: CountingLossConfig = CountingLossConfig()
     finetune_pretrained: bool = Field(
         False, description="with model.pretrained: fine-tune those weights with this loss (lr ~1e-5)")
-    output: str = "models/backbone.safetensors"
-    metrics: str = "metrics/pretrain.json"
+    output: str = output_path("models/backbone.safetensors", "pretrain")
+    metrics: str = output_path("metrics/pretrain.json", "pretrain")
 
 
 class PlainBackboneConfig(Section):
     """The baseline of the counting comparison: the same pretraining (data, steps, seed) with the
-    plain CLIP loss (counting weight 0), and every method trained on it. Its own output paths."""
+    plain CLIP loss (counting weight 0), and every method trained on it. Its pretrain and train
+    outputs are the main ones placed under `root` (numclip.config.paths.plain_twin)."""
 
-    pretrain_output: str = "comparison/plain/backbone.safetensors"  # outside models/, which evaluate reads
-    pretrain_metrics: str = "metrics/plain/pretrain.json"
-    models_dir: str = "comparison/plain/models"
-    runs_dir: str = "runs/plain"
-    metrics_dir: str = "metrics/plain/train"
-    plots_dir: str = "plots/plain/training"
-    checkpoints_dir: str = "checkpoints/plain"
+    root: str = "comparison/plain"  # outside models/ and metrics/, which evaluate and `dvc metrics` read
 
 
 class ComparisonConfig(Section):
@@ -274,25 +269,25 @@ class CountingEvalConfig(Section):
     countbench_images: Optional[str] = Field(
         None, description="the folder of the CountBench images you downloaded")
     batch_size: int = Field(128, ge=1)
-    metrics: str = "metrics/counting.json"
-    table: str = "metrics/counting.md"  # the two backbones side by side
-    output_dir: str = "artifacts/counting"  # confusion PNGs, per-image predictions, CountBench rejects
+    metrics: str = output_path("metrics/counting.json", "counting")
+    table: str = output_path("metrics/counting.md", "counting")  # the two backbones side by side
+    output_dir: str = output_path("artifacts/counting", "counting")  # confusion PNGs, predictions, CountBench rejects
 
 
 class PrototypesConfig(Section):
-    output: str = "artifacts/prototypes.safetensors"
-    metrics: str = "metrics/prototypes.json"
+    output: str = output_path("artifacts/prototypes.safetensors", "prototypes")
+    metrics: str = output_path("metrics/prototypes.json", "prototypes")
 
 
 class EvaluateConfig(Section):
     split: Literal["val", "test"] = "test"
     batch_size: int = Field(128, ge=1)
-    metrics_dir: str = "metrics/eval"
-    comparison: str = "metrics/comparison.json"  # the markdown table is written beside it (.md)
-    summary_dir: str = "metrics/summary"  # one small JSON per method: the rows of `dvc metrics show`
-    plots_dir: str = "plots"  # CSV data for `dvc plots`
-    figures_dir: str = "figures"  # PNG for people
-    heads_dir: str = "artifacts/heads"
+    metrics_dir: str = output_path("metrics/eval", "evaluate")
+    comparison: str = output_path("metrics/comparison.json", "evaluate")  # and the markdown table beside it (.md)
+    summary_dir: str = output_path("metrics/summary", "evaluate")  # one JSON per method: `dvc metrics show`'s rows
+    plots_dir: str = output_path("plots", "evaluate")  # CSV data for `dvc plots`
+    figures_dir: str = output_path("figures", "evaluate")  # PNG for people
+    heads_dir: str = output_path("artifacts/heads", "evaluate")
 
 
 class PredictConfig(Section):
@@ -349,30 +344,6 @@ class Params(Section):
     def compares_backbones(self) -> bool:
         """Whether the counting comparison (plain twin, its trained methods, the counting stage) runs."""
         return "plain" in (self.comparison.backbones or [])
-
-    def with_plain_backbone(self) -> "Params":
-        """These params for the counting comparison's baseline: the plain CLIP loss in pretraining,
-        and the backbone, models and training records under plain_backbone's paths."""
-        plain = self.model_copy(deep=True)
-        b = self.plain_backbone
-        plain.pretrain.counting.weight = 0.0
-        plain.comparison.backbones = []  # the twin has no twin of its own
-        plain.pretrain.output, plain.pretrain.metrics = b.pretrain_output, b.pretrain_metrics
-        plain.train.models_dir, plain.train.runs_dir = b.models_dir, b.runs_dir
-        plain.train.metrics_dir, plain.train.plots_dir = b.metrics_dir, b.plots_dir
-        plain.train.checkpoints_dir = b.checkpoints_dir
-        return plain
-
-    def output_paths(self) -> list[str]:
-        """Every file or folder the pipeline's stages write: what `numclip init` clears so that a new
-        dataset's results never mix with the previous ones."""
-        d, t, e, b, c = self.data, self.train, self.evaluate, self.plain_backbone, self.counting
-        comparison = str(Path(e.comparison).with_suffix(".md"))
-        return [d.manifest, d.rejects, d.synthetic.output_dir, self.pretrain.output, self.pretrain.metrics,
-                self.prototypes.output, self.prototypes.metrics, t.models_dir, t.runs_dir, t.metrics_dir,
-                t.plots_dir, t.checkpoints_dir, e.metrics_dir, e.comparison, comparison, e.summary_dir, e.plots_dir,
-                e.figures_dir, e.heads_dir, b.pretrain_output, b.pretrain_metrics, b.models_dir, b.runs_dir,
-                b.metrics_dir, b.plots_dir, b.checkpoints_dir, c.metrics, c.table, c.output_dir]
 
     def method(self, name: str) -> MethodBase:
         if name not in self.methods:

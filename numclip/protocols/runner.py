@@ -18,19 +18,15 @@ from typing import Any, Callable, Optional
 import yaml
 
 from numclip.config import Params, set_value
+from numclip.config.paths import rebased
 from numclip.core.atomic import write_json
 from numclip.core.errors import NumclipError
 from numclip.protocols.aggregate import aggregate, write_results
 
 METRICS = ("mae_argmax", "mae_expectation", "accuracy")
-# Every params key a stage writes to, moved under the protocol's folder: the data and the backbone
-# once per fold, the rest once per run.
-DATA_PATHS = ("data.manifest", "data.rejects", "data.synthetic.output_dir")
-BACKBONE_PATHS = ("pretrain.output", "pretrain.metrics")
-RUN_PATHS = ("prototypes.output", "prototypes.metrics", "train.models_dir", "train.runs_dir",
-             "train.metrics_dir", "train.plots_dir", "train.checkpoints_dir", "evaluate.metrics_dir",
-             "evaluate.comparison",
-             "evaluate.plots_dir", "evaluate.figures_dir", "evaluate.heads_dir")
+# What each protocol level writes, placed under its own folder: the data and the backbone once per
+# fold, the rest once per run (numclip.config.paths lists each stage's output keys).
+FOLD_STAGES, BACKBONE_STAGES, RUN_STAGES = ("ingest",), ("pretrain",), ("prototypes", "train", "evaluate")
 
 
 @dataclass
@@ -54,25 +50,6 @@ def with_values(params: Params, values: dict[str, Any]) -> Params:
     for key, value in values.items():
         set_value(raw, key.split("."), value, key)
     return Params.model_validate(raw)
-
-
-def _get(params: Params, dotted: str) -> Any:
-    node: Any = params
-    for key in dotted.split("."):
-        node = getattr(node, key)
-    return node
-
-
-def _under(folder: Path, path: str) -> Path:
-    """`path` placed under `folder`; an absolute path keeps its parts below the root, so it too lands
-    inside `folder` and never overwrites the pipeline's own file."""
-    p = Path(path)
-    return folder / (p.relative_to(p.anchor) if p.is_absolute() else p)
-
-
-def moved(params: Params, keys: tuple[str, ...], folder: Path) -> Params:
-    """`params` with the output paths `keys` placed under `folder` (their relative layout kept)."""
-    return with_values(params, {k: str(_under(folder, _get(params, k))) for k in keys})
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -107,18 +84,18 @@ def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] 
     runs: list[dict[str, Any]] = []
     for fold in protocol.folds:
         fold_dir = protocol.out_dir / ("all" if fold is None else f"fold{fold}")
-        fold_params = moved(with_values(params, {"data.fold": fold}), DATA_PATHS, fold_dir)
+        fold_params = rebased(with_values(params, {"data.fold": fold}), fold_dir, FOLD_STAGES)
         log(ingest(fold_params.data).summary())
         if protocol.backbone is not None:
             if not Path(protocol.backbone).is_file():
                 raise NumclipError(f"backbone file not found: {protocol.backbone}")
             fold_params = with_values(fold_params, {"pretrain.output": protocol.backbone})
         else:
-            fold_params = moved(fold_params, BACKBONE_PATHS, fold_dir)
+            fold_params = rebased(fold_params, fold_dir, BACKBONE_STAGES)
             pretrain(fold_params, log=log)
         for point, seed in itertools.product(points, protocol.seeds):
             run_dir = fold_dir / point_name(point, seed)
-            run_params = moved(with_values(fold_params, {**point, "train.seed": seed}), RUN_PATHS, run_dir)
+            run_params = rebased(with_values(fold_params, {**point, "train.seed": seed}), run_dir, RUN_STAGES)
             for method in protocol.methods:
                 method_params = with_values(run_params, protocol.method_params.get(method, {}))
                 train(method_params, method, log=log)

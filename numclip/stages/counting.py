@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from numclip.config import Params
-from numclip.config.paths import model_path
+from numclip.config.paths import model_path, plain_twin
 from numclip.core.atomic import write_csv, write_json, write_text
 from numclip.core.errors import NumclipError
 from numclip.counting.attributes import attribute_accuracy
@@ -41,7 +41,7 @@ def run_counting(params: Params, log: Callable[[str], None] = print) -> dict[str
     """Evaluate both backbones; write the metrics JSON, the markdown table, predictions and figures."""
     device = resolve_device(params.model.device)
     manifest = load_checked_manifest(params)
-    variants = {"count_aware": params, "plain": params.with_plain_backbone()}
+    variants = {"count_aware": params, "plain": plain_twin(params)}
     for name, p in variants.items():
         _check_backbone(name, p)
     synthetic = synthetic_items(manifest, params.counting.split)
@@ -64,8 +64,8 @@ def _check_backbone(name: str, params: Params) -> None:
     if name == "count_aware":
         backbone_config(params)
     elif not Path(params.pretrain.output).is_file():
-        raise NumclipError(f"no plain-loss backbone at {params.pretrain.output} "
-                           "(plain_backbone.pretrain_output): run `numclip pretrain --backbone plain` first")
+        raise NumclipError(f"no plain-loss backbone at {params.pretrain.output} (pretrain.output under "
+                           "plain_backbone.root): run `numclip pretrain --backbone plain` first")
 
 
 # ------------------------------------------------------------------------------------- CountBench
