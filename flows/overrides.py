@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from numclip.config import load_params, parse_override
-from numclip.config.params_file import load_document, set_in_document, write_document
+from numclip.config.params_file import load_document, set_key, write_document
 
 
 def apply_param_overrides(project: Path, overrides: list[str]) -> list[str]:
@@ -19,7 +19,7 @@ def apply_param_overrides(project: Path, overrides: list[str]) -> list[str]:
     path = project / "params.yaml"
     load_params(path, overrides)  # NumclipError naming the key when a value is wrong
     doc = load_document(path)
-    changed = [text for text in overrides if set_in_document(doc, *parse_override(text))]
+    changed = [text for text in overrides if set_key(doc, *parse_override(text))]
     if changed:
         write_document(path, doc)
     return changed

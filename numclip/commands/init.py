@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from numclip.config import TASK_PRESETS, DataConfig, Params, load_params, parse_override, validate_params
-from numclip.config.params_file import dump_document, load_document, set_in_document
+from numclip.config.params_file import dump_document, load_document, set_key
 from numclip.config.paths import output_paths
 from numclip.core.atomic import write_text
 from numclip.core.errors import NumclipError
@@ -229,13 +229,13 @@ def init_project(data: str | Path, task: str = "generic", source: Optional[str] 
         settings[".".join(keys)] = value
     doc = load_document(params_file)
     for key, value in settings.items():
-        set_in_document(doc, key.split("."), value)
+        set_key(doc, key.split("."), value)
     params = _validated(doc, params_file)
     try:
         concept_bins(params)
     except NumclipError as e:  # e.g. the counting bins need K >= 8: one concept per rank instead
         settings["task.concepts.preset"] = "levels"
-        set_in_document(doc, ["task", "concepts", "preset"], "levels")
+        set_key(doc, ["task", "concepts", "preset"], "levels")
         notes.append(f"{e}: NumCLIP gets one concept per rank instead (task.concepts.preset: levels)")
         _validated(doc, params_file)
     keep = [Path(found.path).resolve(), Path(found.root).resolve()]

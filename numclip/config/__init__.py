@@ -7,8 +7,6 @@ from numclip.config.loading import (
     apply_overrides,
     load_params,
     parse_override,
-    read_params_file,
-    set_value,
     validate_params,
 )
 from numclip.config.methods import (
@@ -37,5 +35,5 @@ from numclip.config.schema import (
 __all__ = ["NUMBER_WORDS", "TASK_PRESETS", "DataConfig", "FixedMethod", "InterpolatedMethod", "LearningRates",
            "LossWeights", "MethodBase", "MethodConfig", "PlainMethod", "method_config",
            "ModelConfig", "Params", "SplitConfig", "SubsetConfig", "SyntheticConfig", "TaskPreset",
-           "apply_overrides", "load_params", "parse_override", "read_params_file", "read_word_file",
-           "set_value", "validate_params"]
+           "apply_overrides", "load_params", "parse_override", "read_word_file",
+           "validate_params"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from numclip.config.methods import METHOD_VARIANTS, default_methods
+from numclip.config.params_file import load_document, set_key, to_plain
 from numclip.config.schema import Params
 from numclip.core.errors import NumclipError
 
@@ -38,60 +40,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not keys:
         raise NumclipError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
+        value = to_plain(YAML(typ="safe", pure=True).load(raw)) if raw.strip() else None
+    except YAMLError as e:
         raise NumclipError(f"override '{text}': value is not valid YAML: {e}") from None
     return keys, value
-
-
-def set_value(raw: dict, keys: list[str], value: Any, shown: str) -> None:
-    """raw[k1][k2]... = value, creating missing sections; `shown` names the key in errors."""
-    node = raw
-    for k in keys[:-1]:
-        child = node.get(k)
-        if child is None:
-            child = node[k] = {}
-        if not isinstance(child, dict):
-            raise NumclipError(f"override '{shown}': '{k}' is not a section")
-        node = child
-    node[keys[-1]] = value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
-        set_value(raw, keys, value, text)
+        set_key(raw, keys, value, text)
     return raw
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML itself lets
-    the last one win silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1})",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_params_file(path: str | Path) -> dict:
-    """The sections of a params file; NumclipError naming the file for anything that is not a YAML
-    mapping with unique keys."""
-    try:
-        loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        raise NumclipError(f"{path} is not valid YAML: {e}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise NumclipError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
-    return loaded
 
 
 def _with_default_methods(raw: dict) -> dict:
@@ -117,7 +76,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
     source = "defaults"
     if path is not None and Path(path).exists():
         source = str(path)
-        raw = read_params_file(path)
+        raw = to_plain(load_document(Path(path)))
     elif path is not None and str(path) != "params.yaml":
         raise NumclipError(f"params file not found: {path}")
     raw = apply_overrides(_with_default_methods(raw), overrides or [])

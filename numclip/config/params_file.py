@@ -1,7 +1,8 @@
-"""params.yaml edited in place the way a person would: comments, key order and quoting kept.
+"""params.yaml read and edited the way DVC reads it (ruamel, YAML 1.2): comments, key order and
+quoting kept, a key given twice refused.
 
-`numclip init` and the Prefect flow's overrides both write params this way, so DVC sees exactly the
-keys that changed and the file stays readable.
+Loading params, `numclip init` and the Prefect flow's overrides all go through here, so numclip and
+DVC see the same values, and an edit changes exactly the keys it sets.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import YAMLError
 
 from numclip.core.atomic import write_text
@@ -35,6 +37,9 @@ def load_document(path: Path) -> Any:
         return {}
     try:
         doc = round_trip_yaml().load(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as e:
+        key = str(e.problem).split('"')[1] if '"' in str(e.problem) else "?"
+        raise NumclipError(f"{path}: duplicate key '{key}' (line {e.problem_mark.line + 1})") from None
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -48,15 +53,33 @@ def load_document(path: Path) -> Any:
     return doc
 
 
-def set_in_document(doc: Any, keys: list[str], value: Any) -> bool:
-    """doc[k1][k2]... = value, creating sections; True when the value changed."""
+def set_key(doc: Any, keys: list[str], value: Any, shown: str | None = None) -> bool:
+    """doc[k1][k2]... = value, creating missing sections; True when the value changed. `shown`
+    (default: the dotted key) names the override in the error when a key is not a section."""
     node = doc
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise NumclipError(f"override '{shown or '.'.join(keys)}': '{key}' is not a section")
+        node = child
     if keys[-1] in node and node[keys[-1]] == value:
         return False
     node[keys[-1]] = value
     return True
+
+
+def to_plain(node: Any) -> Any:
+    """A round-trip document as plain dicts, lists and scalars (what validation and hashing expect)."""
+    if isinstance(node, dict):
+        return {str(k): to_plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [to_plain(v) for v in node]
+    for kind in (bool, int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    return node
 
 
 def dump_document(doc: Any) -> str:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from numclip.config import Params, set_value
+from numclip.config import Params
+from numclip.config.params_file import set_key
 from numclip.config.paths import rebased
 from numclip.core.atomic import write_json
 from numclip.core.errors import NumclipError
@@ -48,7 +49,7 @@ def with_values(params: Params, values: dict[str, Any]) -> Params:
     """`params` with dotted keys set (validated like any params file)."""
     raw = params.model_dump()
     for key, value in values.items():
-        set_value(raw, key.split("."), value, key)
+        set_key(raw, key.split("."), value, key)
     return Params.model_validate(raw)
 
 
