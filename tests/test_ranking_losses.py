@@ -1,4 +1,4 @@
-"""NumCLIP's ranking-weighted losses and L2RCLIP's pairwise loss (methods.md §4.3, §5).
+"""NumCLIP's ranking-weighted losses and L2RCLIP's pairwise loss (docs/methods.md, NumCLIP and L2RCLIP).
 
 The faithful image->text CE is checked against the released `compute_ce_dis_loss` (seeds/000_*.txt,
 kept verbatim in numclip.kernels.released); everything else against hand-worked numbers written out below.
@@ -140,7 +140,7 @@ def test_fixed_equals_faithful_when_all_weights_are_one():
 
 
 def test_fixed_mode_pushes_far_harder_for_any_negative_logit():
-    # methods.md: the fixed mode "always strengthens the push of far classes regardless of sign".
+    # docs/methods.md: the fixed mode "always strengthens the push of far classes regardless of sign".
     # (A multiplicative L * W^sign(L) variant failed this for small |L|: its gradient carries 1/W.)
     for negative in (-0.5, -0.001, -3.0, -30.0):
         fixed = _grad([0.2, negative, negative, negative, negative], 0, "fixed")

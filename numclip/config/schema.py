@@ -163,7 +163,7 @@ class LearningRates(Section):
 
 
 class SubsetConfig(Section):
-    """The protocols' training subsets (methods.md section 8); val and test are never touched."""
+    """The protocols' training subsets (docs/protocols.md); val and test are never touched."""
 
     kind: Optional[Literal["few_shot", "distribution_shift"]] = None
     shots: int = Field(16, ge=1, description="few_shot: training images kept per label")

@@ -1,4 +1,4 @@
-"""Counterfactual captions for count-aware CLIP (methods.md section 6).
+"""Counterfactual captions for count-aware CLIP (docs/methods.md, Count-aware CLIP).
 
 A *counting* caption names exactly one count two..ten, as a word ("four parrots") or a digit
 ("4 parrots"). Its counterfactual swaps that count for another one and changes nothing else, so the

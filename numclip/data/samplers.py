@@ -1,4 +1,4 @@
-"""Training-set samplers for the published protocols (methods.md §8); val/test rows never touched.
+"""Training-set samplers for the published protocols (docs/protocols.md); val/test rows never touched.
 
 Every draw is seeded and independent of the input row order: within a label, training rows are
 sorted by (path, source_row) and permuted by a generator seeded with (seed, label), so a label's

@@ -1,4 +1,4 @@
-"""Evaluation metrics (methods.md section 7): numpy in, plain JSON-serialisable Python out.
+"""Evaluation metrics (docs/methods.md, Metrics): numpy in, plain JSON-serialisable Python out.
 
 Undefined values are reported as None, never NaN, so metrics files stay valid JSON.
 """

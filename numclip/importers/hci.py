@@ -8,7 +8,7 @@ Input: one folder per decade, named `1930s` … `1970s` (or `1930` … `1970`), 
 The decade folders may sit a few levels down (the release unpacks to
 `HistoricalColor-ECCV2012/data/imgs/decade_database/<decade>/`); paths stay relative to the root.
 
-Protocol (methods.md §8): 10 random splits, per decade 210 train / 5 val / 50 test (265 of the 265
+Protocol (docs/protocols.md): 10 random splits, per decade 210 train / 5 val / 50 test (265 of the 265
 images each decade has). The table holds one row per (fold, image) with that fold's split, folds
 0..9; `data.fold` selects one. Fold f shuffles each decade's sorted file list with a generator seeded by
 (`seed`, f, decade), so the same seed gives the same table and different folds differ. A decade with

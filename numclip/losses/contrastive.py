@@ -1,4 +1,4 @@
-"""Losses and read-outs as plain functions of tensors (methods.md sections 1 and 4.3).
+"""Losses and read-outs as plain functions of tensors (docs/methods.md, The loss terms).
 
 Reference implementations: vectorised, device-agnostic (every constant is made on the input's device),
 and free of host round trips, so they run unchanged on CPU or GPU and under autograd. Fused kernels
@@ -32,7 +32,7 @@ def text_to_image_kl(
     target_temperature: float = 10.0,
     weights: Tensor | None = None,
 ) -> Tensor:
-    """OrdinalCLIP's text->image KL term (methods.md 4.3(b) with V = 1 unless `weights` is given).
+    """OrdinalCLIP's text->image KL term (docs/methods.md, The loss terms; V = 1 unless `weights` is given).
 
     Each class i present in the batch looks at the batch through `logits.T[i]`; its target is
     `softmax_b(target_temperature * 1[target_b == i])`, i.e. mass spread over the images of class i.

@@ -1,4 +1,4 @@
-"""The counting-contrastive loss of "Teaching CLIP to Count to Ten" (methods.md section 6).
+"""The counting-contrastive loss of "Teaching CLIP to Count to Ten" (docs/methods.md, Count-aware CLIP).
 
 Like `numclip.losses.contrastive`: vectorised, device-agnostic and free of host round trips.
 """

@@ -1,4 +1,5 @@
-"""NumCLIP's cross-modal ranking-based losses and L2RCLIP's ordinal pairwise loss (methods.md §4.3, §5).
+"""NumCLIP's cross-modal ranking-based losses and L2RCLIP's ordinal pairwise loss
+(docs/methods.md, NumCLIP and L2RCLIP).
 
 Every function takes `mode`: "faithful" reproduces the released code (quirks included, for comparing
 with the papers), "fixed" repairs the quirk. All are vectorised, device-agnostic and free of host
@@ -108,7 +109,7 @@ def regression_l1(prediction: Tensor, target: Tensor) -> Tensor:
 
 
 def ordinal_pairwise_loss(image_features: Tensor, text_features: Tensor, target: Tensor) -> Tensor:
-    """L2RCLIP's cross-modal ordinal pairwise loss (released loss code, methods.md §5).
+    """L2RCLIP's cross-modal ordinal pairwise loss (the released loss code; docs/methods.md, L2RCLIP).
 
     w_ij = (|y_i - j| - min) / max (min-max over the batch's label-distance matrix), d_ij = ||f_i - t_j||;
     L = mean_i ||f_i - t_{y_i}||² - mean_ij w_ij · d_ij: pull each image to its rank's text, push it

@@ -1,4 +1,4 @@
-"""NumCLIP's coarse-to-fine pieces (methods.md §4): concept bins, the image adapter, the SSR regressor.
+"""NumCLIP's coarse-to-fine pieces (docs/methods.md, NumCLIP): concept bins, the image adapter, the SSR regressor.
 
 The K fine ranks are grouped into C bins, each named by a language concept ("a few", "teenager");
 the image is matched to the concepts, then a small regressor reasons the fine number from the
@@ -107,7 +107,7 @@ class ImageAdapter(nn.Module):
 
 
 class SSRRegressor(nn.Module):
-    """Fine stage: y = Σ_k p_k · b_k / (1 + λ·Δ_k), p = softmax(L), Δ = tanh(MLP(L)) (methods.md §4.4).
+    """Fine stage: y = Σ_k p_k · b_k / (1 + λ·Δ_k), p = softmax(L), Δ = tanh(MLP(L)) (docs/methods.md, Fine stage).
 
     `anchors` b_k are the bins' lower edges (released) or their centres. `use_shift=False` gives the
     plain expectation Σ_k p_k · b_k (no learned correction).

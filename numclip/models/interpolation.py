@@ -1,7 +1,7 @@
 """OrdinalCLIP rank interpolation: K rank embeddings as fixed blends of L learned base embeddings.
 
-`linear` and `inv_prop` reproduce the released code exactly (methods.md §3): raw weights phi(|k - anchor_j|),
-each row normalised. Note that released `linear` is a global blend for L >= 3, not piecewise-linear
+`linear` and `inv_prop` reproduce the released code exactly (docs/methods.md, Prompt learners):
+raw weights phi(|k - anchor_j|), each row normalised. Note that released `linear` is a global blend for L >= 3, not piecewise-linear
 interpolation; `piecewise` is the true interpolation between neighbouring anchors, and `gaussian`
 normalises in log space, so it never gives the released `normal` kernel's 0/0 = NaN rows.
 """

@@ -110,7 +110,7 @@ class RankPromptModel(nn.Module):
 
 
 class ConceptModel(RankPromptModel):
-    """NumCLIP: image -> language concept (C coarse bins) -> number (SSR regressor), methods.md §4."""
+    """NumCLIP: image -> language concept (C coarse bins) -> number (SSR regressor), docs/methods.md, NumCLIP."""
 
     def __init__(self, backbone: Backbone, prompts: PromptLearner, card: ModelCard):
         super().__init__(backbone, prompts, card)

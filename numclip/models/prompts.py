@@ -1,4 +1,4 @@
-"""Prompt learners (methods.md §3): what sentence each rank's text prototype is encoded from.
+"""Prompt learners (docs/methods.md, Prompt learners): what sentence each rank's text prototype is encoded from.
 
 A learner returns token *embeddings* [K, L, W] and the position to pool [K]; the text tower
 (`numclip.models.text.TextTower`) turns them into prototypes. Layout of a learned prompt:

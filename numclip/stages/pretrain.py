@@ -3,7 +3,7 @@
 A random-init backbone (the tiny default) is trained with CLIP's contrastive loss on the captioned
 train split; a share of captions is replaced by the zero-shot template for the image's rank, so that
 the template's words are ones the text encoder has seen. By default the loss is count-aware
-(pretrain.counting, methods.md section 6): each counting caption is also contrasted with
+(pretrain.counting, docs/methods.md, Count-aware CLIP): each counting caption is also contrasted with
 counterfactual captions naming a wrong count. A backbone with real pretrained weights (an open_clip
 tag or a local file) is saved unchanged, or fine-tuned with the same loss when
 pretrain.finetune_pretrained is set. Either way the stage reports zero-shot accuracy on val and test,
