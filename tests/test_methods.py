@@ -11,9 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from numclip.cli import main
-from numclip.config import LearningRates, load_params
+from numclip.config import LearningRates, ModelConfig, load_params
 from numclip.config.methods import HEADS, METHOD_VARIANTS, FixedMethod, PlainMethod, method_config
 from numclip.core.errors import NumclipError
+from numclip.models.backbone import create_backbone
 from numclip.models.ordinal import HEADS as MODEL_HEADS
 from numclip.models.ordinal import RankPromptModel, build_model, load_model, save_model
 from numclip.models.prompts import LEARNERS, PromptLearner
@@ -77,9 +78,10 @@ class _Scaled(PromptLearner):
         return {"context": [self.scale]}
 
 
-def test_a_learner_of_any_class_gets_its_named_groups_trained(tiny_backbone):
-    model = build_model(load_params(None), "zeroshot", tiny_backbone)
-    model = RankPromptModel(tiny_backbone, _Scaled(model.prompts), model.card)
+def test_a_learner_of_any_class_gets_its_named_groups_trained():
+    backbone = create_backbone(ModelConfig(arch="numclip-tiny"))  # its own: parameter_groups sets requires_grad
+    model = build_model(load_params(None), "zeroshot", backbone)
+    model = RankPromptModel(backbone, _Scaled(model.prompts), model.card)
     groups = {g["name"]: g["params"] for g in model.parameter_groups(LearningRates())}
     assert groups["context"] == [model.prompts.scale] and model.prompts.scale.requires_grad
 
@@ -116,3 +118,11 @@ def test_method_config_builds_the_variant_of_its_learner():
     assert isinstance(method_config(learner="fixed"), FixedMethod)
     with pytest.raises(Exception, match="num_base_ranks"):
         method_config(learner="plain", num_base_ranks=3)
+
+
+def test_every_loss_weight_has_its_term():
+    from numclip.config import LossWeights
+    from numclip.training.objective import TERMS
+
+    weights = [name for name, f in LossWeights.model_fields.items() if f.annotation is float]
+    assert list(TERMS) == weights, "TERMS follows LossWeights (names and order: the sum's order)"

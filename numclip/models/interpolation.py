@@ -1,9 +1,10 @@
 """OrdinalCLIP rank interpolation: K rank embeddings as fixed blends of L learned base embeddings.
 
 `linear` and `inv_prop` reproduce the released code exactly (docs/methods.md, Prompt learners):
-raw weights phi(|k - anchor_j|), each row normalised. Note that released `linear` is a global blend for L >= 3, not piecewise-linear
-interpolation; `piecewise` is the true interpolation between neighbouring anchors, and `gaussian`
-normalises in log space, so it never gives the released `normal` kernel's 0/0 = NaN rows.
+raw weights phi(|k - anchor_j|), each row normalised. Note that released `linear` is a global blend
+for L >= 3, not piecewise-linear interpolation; `piecewise` is the true interpolation between
+neighbouring anchors, and `gaussian` normalises in log space, so it never gives the released
+`normal` kernel's 0/0 = NaN rows.
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
-"""The training objective: the weighted sum of the loss terms a method switches on (`methods.*.loss`)."""
+"""The training objective: the weighted sum of the loss terms a method switches on (`methods.*.loss`).
+
+`TERMS` maps each weight of LossWeights to the term it weights; a term is a formula of numclip.losses
+(or a fused kernel) applied to one batch. Adding a loss is its formula, its weight and its entry here.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,29 +19,46 @@ from numclip.losses.ranking import ordinal_pairwise_loss, ranking_weighted_kl, r
 from numclip.models.ordinal import ConceptModel, RankPromptModel
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch as the terms see it (logits in float32; targets are the head's classes)."""
+
+    model: RankPromptModel
+    features: torch.Tensor
+    prototypes: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    mode: str  # LossWeights.ranking_mode
+
+
+def _regression(b: Batch) -> torch.Tensor:
+    if not isinstance(b.model, ConceptModel):  # the params refuse this combination first
+        raise RuntimeError("the regression loss needs the concept head")
+    return regression_l1(b.model.regress(b.logits), b.model.bins.fine(b.labels))
+
+
+def _pairwise(b: Batch) -> torch.Tensor:
+    return ordinal_pairwise_loss(F.normalize(b.features.float(), dim=-1),
+                                 F.normalize(b.prototypes.float(), dim=-1), b.targets)
+
+
+TERMS: dict[str, Callable[[Batch], torch.Tensor]] = {  # in LossWeights' order, which the sum follows
+    "ce": lambda b: cross_entropy(b.logits, b.targets),
+    "kl": lambda b: text_to_image_kl(b.logits, b.targets),
+    "ranking_ce": lambda b: ranking_weighted_cross_entropy(b.logits, b.targets, mode=b.mode),
+    "ranking_kl": lambda b: ranking_weighted_kl(b.logits, b.targets, b.mode),
+    "regression": _regression,
+    "pairwise": _pairwise,
+}
+
+
 def training_loss(model: RankPromptModel, features: torch.Tensor, prototypes: torch.Tensor,
                   logits: torch.Tensor, labels: torch.Tensor,
                   weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total loss, each enabled term) for one batch, computed in float32."""
     logits = logits.float()
-    targets = model.class_targets(labels)
-    terms: dict[str, torch.Tensor] = {}
-    if weights.ce:
-        terms["ce"] = cross_entropy(logits, targets)
-    if weights.kl:
-        terms["kl"] = text_to_image_kl(logits, targets)
-    if weights.ranking_ce:
-        terms["ranking_ce"] = ranking_weighted_cross_entropy(logits, targets, mode=weights.ranking_mode)
-    if weights.ranking_kl:
-        terms["ranking_kl"] = ranking_weighted_kl(logits, targets, weights.ranking_mode)
-    if weights.regression:
-        if not isinstance(model, ConceptModel):
-            raise ValueError("the regression loss needs the concept head")
-        terms["regression"] = regression_l1(model.regress(logits), model.bins.fine(labels))
-    if weights.pairwise:
-        terms["pairwise"] = ordinal_pairwise_loss(F.normalize(features.float(), dim=-1),
-                                                  F.normalize(prototypes.float(), dim=-1), targets)
-    if not terms:
-        raise ValueError("every loss weight is 0: nothing to optimise")
+    batch = Batch(model, features, prototypes, logits, labels, model.class_targets(labels), weights.ranking_mode)
+    terms = {name: term(batch) for name, term in TERMS.items() if getattr(weights, name)}
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     return total, terms
