@@ -1,8 +1,8 @@
 """The prototypes stage: text prototypes of every method's *initial* prompts, cached by content.
 
-Each entry is keyed by a hash of the backbone weights, the prompt settings, the rank words, the
-template and the tokenizer, so a re-run re-encodes only the methods whose prompts changed. Evaluation
-reads them to report how training changed the prototypes' ordinality.
+A re-run re-encodes only the methods whose key changed (numclip.models.prototype_cache: backbone,
+prompt settings, words, template, tokenizer and the prompt code). Evaluation reads them to report
+how training changed the prototypes' ordinality.
 """
 
 from __future__ import annotations
