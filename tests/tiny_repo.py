@@ -50,7 +50,7 @@ def make_tiny_repo(dst: Path, methods: list[str] | None = None) -> Path:
         pytest.fail("dvc and numclip must be installed (pip install -e .)")
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for rel in tracked.splitlines():
-        if (REPO / rel).is_file() and not rel.startswith(("metrics/", "plots/")):
+        if (REPO / rel).is_file() and not rel.startswith(("metrics/", "plots/", "comparison/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
     params = yaml.safe_load((dst / "params.yaml").read_text())
