@@ -8,13 +8,14 @@ same names; adding a learner is one class here and one there (docs/architecture.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import Field, TypeAdapter, model_validator
 
 from numclip.config.section import Section
 
-HEADS = ("ranks", "concepts")  # numclip.models.ordinal.HEADS builds them
+HeadName = Literal["ranks", "concepts"]  # concepts: NumCLIP's coarse-to-fine head
+HEADS = get_args(HeadName)  # numclip.models.ordinal.HEADS builds them
 CONCEPT_HEAD_KEYS = ("adapter_alpha", "regressor_anchor", "regressor_shift")
 
 
@@ -41,7 +42,7 @@ class MethodBase(Section):
     """What every method has: the head that turns prototypes into ranks, and the loss."""
 
     trains: ClassVar[bool] = True  # False: nothing to learn, the model is saved as built
-    head: Literal["ranks", "concepts"] = "ranks"  # concepts: NumCLIP's coarse-to-fine head
+    head: HeadName = "ranks"
     adapter_alpha: float = Field(0.8, ge=0, le=1)
     regressor_anchor: Literal["lower_edge", "centre"] = "lower_edge"
     regressor_shift: bool = True  # False: plain expectation over the bin anchors

@@ -77,8 +77,10 @@ def import_closure(module: str) -> tuple[Path, ...]:
     return tuple(sorted(p for p in map(module_file, seen) if p is not None))
 
 
+@lru_cache(maxsize=None)
 def code_fingerprint(*modules: str) -> str:
-    """sha256 of the sources in the modules' import closures (paths relative to the package)."""
+    """sha256 of the sources in the modules' import closures (paths relative to the package); read
+    once per process, as the closure is (the prototype cache asks once per method)."""
     h = hashlib.sha256()
     for path in sorted({p for m in modules for p in import_closure(m)}):
         h.update(path.relative_to(PACKAGE_DIR.parent).as_posix().encode() + b"\0")

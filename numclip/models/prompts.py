@@ -198,8 +198,8 @@ def _rank_lengths(method: ContextMethod, tokenizer: Callable, words: list[str] |
     """Tokens per rank: `tokens_per_rank` for all, or (None) the token count of the word each rank is
     initialised from (the method's word file, else the task's): the params allow that only for a
     plain learner with word-initialised ranks at the tail (numclip.config.methods)."""
-    if method.tokens_per_rank is not None or words is None:
-        return [method.tokens_per_rank or 1] * k
+    if method.tokens_per_rank is not None:
+        return [method.tokens_per_rank] * k
     return [max(len(_content_ids(tokenizer, w)), 1) for w in words]
 
 
