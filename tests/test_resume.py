@@ -205,7 +205,8 @@ def test_a_code_change_never_resumes_an_older_run(tmp_path, monkeypatch):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"same inputs")
     old = Checkpoints(params, "coop", code="fingerprint of the old code")
-    save_checkpoint(old.path, {"identity": old.identity, "train_state": asdict(TrainState(step=3))})
+    save_checkpoint(old.path, {"identity": old.identity, "train_state": asdict(TrainState(step=3)), "model": {},
+                               "optimizer": {}, "scheduler": {}, "rng": {}})
     said: list[str] = []
     assert Checkpoints(params, "coop", "fingerprint of the old code").start("auto", said.append).step == 3
     new = Checkpoints(params, "coop", "fingerprint of the new code")

@@ -20,6 +20,7 @@ import torch
 
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
+from numclip.core.text import printable
 from numclip.data import load_image
 from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.evaluation.inference import autocast
@@ -67,7 +68,7 @@ def _walk_images(folder: Path, skipped: list[Path]) -> Iterator[Path]:
 
 def _read_list_file(path: Path) -> Iterator[Path]:
     """Paths from a list file (first column; blank and '#' lines skipped), read line by line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # any file-name bytes
         for physical in f:
             for line in physical.splitlines():  # the same line breaks as str.splitlines on the whole file
                 if line.strip() and not line.lstrip().startswith("#"):
@@ -113,10 +114,11 @@ class Predictor:
         self.model: RankPromptModel = load_model(model_file, self.device)
         if head_file is not None:
             prototypes, self.scale, meta = load_prototypes(head_file)
-            expected = len(self.model.card.prompt_words)
-            if prototypes.shape[0] != expected:
-                raise NumclipError(f"{head_file} has {prototypes.shape[0]} prototypes but {model_file} "
-                                   f"has {expected} prompts")
+            expected = (len(self.model.card.prompt_words), self.model.embed_dim)
+            if tuple(prototypes.shape) != expected:
+                raise NumclipError(f"{head_file} holds {prototypes.shape[0]} prototypes of width {prototypes.shape[1]} "
+                                   f"but {model_file} has {expected[0]} prompts of width {expected[1]}: "
+                                   "give the head exported with this model")
             self.prototypes = prototypes.to(self.device)
         else:
             with torch.no_grad():
@@ -177,7 +179,8 @@ def write_predictions(predictions: Iterable[Prediction], path: str | Path, num_c
         for p in predictions:
             probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
             expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
-            writer.writerow([p.path, "" if p.rank is None else p.rank, expectation, *probs, p.error])
+            writer.writerow([printable(p.path), "" if p.rank is None else p.rank, expectation, *probs,
+                             printable(p.error)])
             if p.error:
                 counts.failed += 1
                 counts.first_error = counts.first_error or p.error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from numclip.config.params_file import load_document, set_key, to_plain
 from numclip.config.schema import Params
 from numclip.core.errors import NumclipError
 
+_SHORT = reprlib.Repr()  # a value in a message stays short, however big the input
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     """One line per mistake, each naming its dotted key (a method's variant tag left out:
@@ -24,7 +28,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if len(loc) >= 3 and loc[0] == "methods" and loc[2] in METHOD_VARIANTS:
             del loc[2]
         got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {_SHORT.repr(got)})"
         lines.append(f"{'.'.join(loc) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}{shown}")
     if len(lines) == 1:
         return f"invalid params in {source}: {lines[0]}"
@@ -40,8 +44,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not keys:
         raise NumclipError(f"override '{text}' has an empty key")
     try:
-        value = to_plain(YAML(typ="safe", pure=True).load(raw)) if raw.strip() else None
-    except YAMLError as e:
+        value = to_plain(YAML(typ="safe", pure=True).load(raw), f"override '{text}'") if raw.strip() else None
+    except (YAMLError, RecursionError) as e:
         raise NumclipError(f"override '{text}': value is not valid YAML: {e}") from None
     return keys, value
 
@@ -76,7 +80,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
     source = "defaults"
     if path is not None and Path(path).exists():
         source = str(path)
-        raw = to_plain(load_document(Path(path)))
+        raw = to_plain(load_document(Path(path)), str(path))
     elif path is not None and str(path) != "params.yaml":
         raise NumclipError(f"params file not found: {path}")
     raw = apply_overrides(_with_default_methods(raw), overrides or [])

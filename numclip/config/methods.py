@@ -137,7 +137,8 @@ def method_config(**fields: Any) -> MethodBase:
 def stored_method(fields: dict[str, Any]) -> MethodBase:
     """A method read back from a model file: keys its variant does not have (written by an older
     version, which kept every learner's keys) are dropped rather than refused."""
-    variant = METHOD_VARIANTS.get(fields.get("learner"))
+    learner = fields.get("learner")
+    variant = METHOD_VARIANTS.get(learner) if isinstance(learner, str) else None
     if variant is None:
         return method_config(**fields)  # the union's own error names the learner
     return variant.model_validate({k: v for k, v in fields.items() if k in variant.model_fields})

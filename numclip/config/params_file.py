@@ -35,17 +35,24 @@ def load_document(path: Path) -> Any:
     when it is not a readable YAML mapping."""
     if not path.exists():
         return {}
+    if not path.is_file():  # a folder, or a pipe or device that would block or never end
+        raise NumclipError(f"{path} is not a regular file: give the path of a params YAML file")
     try:
-        doc = round_trip_yaml().load(path.read_text(encoding="utf-8"))
+        doc = round_trip_yaml().load(path.read_text(encoding="utf-8-sig"))  # a BOM is not a key
     except DuplicateKeyError as e:
         key = str(e.problem).split('"')[1] if '"' in str(e.problem) else "?"
         raise NumclipError(f"{path}: duplicate key '{key}' (line {e.problem_mark.line + 1})") from None
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise NumclipError(f"{path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
-    except (UnicodeDecodeError, OSError) as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        raise NumclipError(f"{path} is not valid YAML: {problem}{where}") from None
+    except UnicodeDecodeError as e:
+        raise NumclipError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
         raise NumclipError(f"{path} cannot be read: {e}") from None
+    except RecursionError:
+        raise NumclipError(f"{path} is nested too deeply to be a params file") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -70,16 +77,34 @@ def set_key(doc: Any, keys: list[str], value: Any, shown: str | None = None) -> 
     return True
 
 
-def to_plain(node: Any) -> Any:
-    """A round-trip document as plain dicts, lists and scalars (what validation and hashing expect)."""
-    if isinstance(node, dict):
-        return {str(k): to_plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [to_plain(v) for v in node]
-    for kind in (bool, int, float, str):
-        if isinstance(node, kind):
-            return kind(node)
-    return node
+MAX_VALUES = 100_000  # a params file holds a few hundred; far more means aliases of aliases (a YAML bomb)
+MAX_DEPTH = 32
+
+
+def to_plain(node: Any, source: str = "params") -> Any:
+    """A round-trip document as plain dicts, lists and scalars (what validation and hashing expect).
+    NumclipError naming `source` when aliases expand it past MAX_VALUES values or MAX_DEPTH levels,
+    which would otherwise take hours and gigabytes."""
+    count = 0
+
+    def plain(node: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise NumclipError(f"{source} expands to more than {MAX_VALUES:,} values (YAML aliases "
+                               "nested in each other?): write the values out")
+        if depth > MAX_DEPTH:
+            raise NumclipError(f"{source} nests more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            return {str(k): plain(v, depth + 1) for k, v in node.items()}
+        if isinstance(node, list):
+            return [plain(v, depth + 1) for v in node]
+        for kind in (bool, int, float, str):
+            if isinstance(node, kind):
+                return kind(node)
+        return node
+
+    return plain(node, 0)
 
 
 def dump_document(doc: Any) -> str:

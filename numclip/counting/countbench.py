@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from numclip.core.errors import NumclipError
 from numclip.counting.captions import COUNTS, count_captions, find_count
-from numclip.data.dataset import load_image
+from numclip.data.images import load_image
 from numclip.data.manifest import Manifest
 from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.evaluation.inference import autocast
@@ -83,8 +83,8 @@ def _load_entries(path: Path) -> list[dict[str, Any]]:
         raise NumclipError(f"CountBench file not found: {path} (counting.countbench_json)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NumclipError(f"{path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise NumclipError(f"{path} is not valid JSON: {e or 'nested too deeply'}") from None
     if not isinstance(data, list):
         raise NumclipError(f"{path} must hold a JSON list of entries, got {type(data).__name__}")
     for i, entry in enumerate(data):

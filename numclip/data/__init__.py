@@ -3,6 +3,7 @@
 The Dataset names are loaded lazily so that ingesting data does not import torch.
 """
 
+from numclip.data.images import load_image
 from numclip.data.incoming import read_drop, read_drops
 from numclip.data.ingest import IngestReport, ingest
 from numclip.data.manifest import SPLITS, Candidate, Manifest, ManifestRow, read_manifest, write_manifest
@@ -19,7 +20,7 @@ __all__ = ["SPLITS", "Candidate", "ImageRankDataset", "IngestReport", "Manifest"
 
 
 def __getattr__(name: str):
-    if name in ("ImageRankDataset", "load_image"):
+    if name == "ImageRankDataset":
         from numclip.data import dataset
         return getattr(dataset, name)
     raise AttributeError(f"module 'numclip.data' has no attribute '{name}'")

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from numclip.core.errors import NumclipError
+from numclip.data.images import load_image
 from numclip.data.manifest import Manifest
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """An RGB image, upright per its EXIF orientation; NumclipError naming the path if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise NumclipError(f"cannot read image {path}: {e}") from None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -17,7 +17,7 @@ from numclip.config import DataConfig
 from numclip.core.errors import NumclipError
 from numclip.data.manifest import SPLITS, Candidate
 from numclip.data.synthetic import generate_synthetic
-from numclip.data.tables import read_csv_table
+from numclip.data.tables import read_csv_table, unique_columns
 
 __all__ = ["Candidate", "read_table", "read_folder", "read_lines", "read_listfile", "read_source"]
 
@@ -80,19 +80,22 @@ def _read_csv(path: Path) -> list[Candidate]:
 
 def _read_parquet(path: Path) -> list[Candidate]:
     try:
-        table = pq.read_table(path)
+        names = unique_columns(path, pq.read_schema(path).names)
+        table = pq.ParquetFile(path).read()
     except (pa.ArrowException, OSError) as e:
-        raise NumclipError(f"{path} is not a readable Parquet file: {e}") from None
-    _check_columns(path, table.column_names)
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+        raise NumclipError(f"{path} is not a readable Parquet file: {' '.join(str(e).split())[:300]}") from None
+    _check_columns(path, names)
+    columns = {name: table.column(i).to_pylist() for i, name in enumerate(names)}
     return [_candidate(lambda k: columns[k][i] if k in columns else None,  # noqa: B023 (called at once)
                        f"{path}:row {i + 1}")
             for i in range(table.num_rows)]
 
 
 def _images_in(folder: Path) -> list[Path]:
+    """Every entry named like an image that is not a folder: a pipe, a socket or a broken link named
+    x.png becomes a candidate too, so validation rejects it with its reason instead of its vanishing."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  if not p.is_dir() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _subdirs(folder: Path) -> list[Path]:

@@ -32,6 +32,18 @@ def norm_column(name: str) -> str:
     return name.strip().lstrip("#").strip().lower()
 
 
+def unique_columns(path: Path, header: Sequence[str]) -> list[str]:
+    """The normalised column names; NumclipError naming a column given twice (which value is meant?)."""
+    names = [norm_column(h) for h in header]
+    first: dict[str, int] = {}
+    for i, name in enumerate(names, start=1):
+        if name and name in first:
+            raise NumclipError(f"{path}: column '{name}' appears twice in the header (columns {first[name]} "
+                               f"and {i}); keep one")
+        first.setdefault(name, i)
+    return names
+
+
 @dataclass(frozen=True)
 class CsvRow:
     source_row: str  # file:line of the row's first line
@@ -57,7 +69,7 @@ def read_csv_table(path: Path, what: str = "a header row naming its columns") ->
             header = next(reader, None)
             if not header or not any(h.strip() for h in header):
                 raise NumclipError(f"{path} is empty: {what} is required")
-            names = [norm_column(h) for h in header]
+            names = unique_columns(path, header)
             rows, end = [], reader.line_num
             for fields in reader:
                 line, end = end + 1, reader.line_num  # a quoted field may span lines: report the first

@@ -7,16 +7,19 @@ then the image itself.
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from numclip.core.errors import NumclipError
 from numclip.core.progress import progress
+from numclip.core.text import printable
+from numclip.data.images import load_image
 from numclip.data.manifest import SPLITS, Candidate, ManifestRow
 from numclip.data.tables import Reject
 
@@ -32,21 +35,22 @@ class _Context:
     seen: dict[str, str]  # normalised path -> source_row of its first occurrence
 
 
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # ASCII digits, maybe ".0": not 0_2, ٣, 1e0 or 0x1
+
+
 def as_int(value: object) -> int | None:
-    """3, 3.0, "3", " 3.0 " -> 3; anything else (3.5, "abc", NaN, inf, True) -> None."""
+    """3, 3.0, Decimal(3), "3", " 3.0 " -> 3; anything else (3.5, "abc", "0_2", NaN, inf, True) -> None.
+
+    Text is read as plain decimal digits: Python's int() would also take "0_2" as 2 and other
+    scripts' digits, which in a label column are typos, not ranks."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
     if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            try:
-                value = float(value)
-            except ValueError:
-                return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        text = value.strip()
+        return int(text.split(".")[0]) if _INTEGER_TEXT.fullmatch(text) else None
+    if isinstance(value, (numbers.Real, decimal.Decimal)) and math.isfinite(value) and value == int(value):
         return int(value)
     return None
 
@@ -59,17 +63,17 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _printable(text: str) -> str:
-    """Text that encodes as UTF-8: undecodable file-name bytes shown as escapes (\\xff)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _relative_path(raw: str, root_abs: str, root_real: str) -> str:
-    """POSIX path relative to the images root (backslashes read as separators)."""
-    p = raw.strip().replace("\\", "/")
+    """POSIX path relative to the images root (backslashes read as separators unless a file's name
+    holds them)."""
+    p = raw.strip()
     if not p:
         raise _Rejected("missing path")
-    if _printable(p) != p:  # a file name whose bytes are not UTF-8 (os.fsdecode's surrogates)
+    if "\0" in p:
+        raise _Rejected("path holds a NUL byte")
+    if "\\" in p and not os.path.lexists(os.path.join(root_abs, p)):
+        p = p.replace("\\", "/")  # a table written on Windows; a Linux name may hold a backslash
+    if printable(p) != p:  # a file name whose bytes are not UTF-8 (os.fsdecode's surrogates)
         raise _Rejected("path is not valid UTF-8; rename the file")
     if os.path.isabs(p):
         p = os.path.normpath(p)
@@ -84,16 +88,14 @@ def _relative_path(raw: str, root_abs: str, root_real: str) -> str:
 
 
 def _image_problem(path: Path) -> str | None:
+    """Why the image cannot be trained on, read exactly as training will read it (None: it can)."""
     try:
-        with Image.open(path) as im:
-            try:
-                im.load()
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
-                return "truncated image" if "truncated" in str(e) else f"corrupt image ({e})"
-    except UnidentifiedImageError:
-        return "unreadable image (not a format PIL can identify)"
-    except Exception as e:
-        return f"unreadable image ({e})"
+        load_image(path)
+    except NumclipError as e:
+        reason = str(e).removeprefix(f"cannot read image {path}: ")
+        if "cannot identify image file" in reason:
+            return "unreadable image (not a format PIL can identify)"
+        return "truncated image" if "truncated" in reason else f"unreadable image ({reason})"
     return None
 
 
@@ -144,6 +146,6 @@ def validate(candidates: list[Candidate], images_root: str | os.PathLike, num_ra
             rows.append(_check(c, ctx, num_ranks, verify_images))
         except _Rejected as r:
             label = "" if c.label is None else str(c.label)
-            rejects.append(Reject(source_row=_printable(c.source_row), path=_printable(str(c.path or "")),
-                                  label=_printable(label), reason=str(r)))
+            rejects.append(Reject(source_row=printable(c.source_row), path=printable(str(c.path or "")),
+                                  label=printable(label), reason=str(r)))
     return rows, rejects

@@ -208,14 +208,15 @@ def as_int(text: str, what: str) -> int:
     return int(value)
 
 
+# a plain decimal number in ASCII digits: float() would also take "1_0", "٣", "nan" and "inf"
+DECIMAL_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def as_number(text: str, what: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise Bad(f"non-numeric {what} '{text.strip()}'") from None
-    if not math.isfinite(value):
-        raise Bad(f"non-numeric {what} '{text.strip()}'")
-    return value
+    value = text.strip()
+    if not DECIMAL_NUMBER.fullmatch(value) or not math.isfinite(float(value)):
+        raise Bad(f"non-numeric {what} '{value}'")
+    return float(value)
 
 
 def round_half_up(x: float) -> int:

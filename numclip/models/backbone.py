@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import open_clip
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from numclip.config import ModelConfig, Params
 from numclip.core.errors import NumclipError
+from numclip.core.metadata import first_problem, json_object, safetensors_metadata
+from numclip.models.card import PreprocessCard
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -71,9 +75,13 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise NumclipError(f"{path} is not a readable safetensors file: {e}") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as e:
+        text = str(e)
+        reason = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+        first = next((line.strip() for line in reason.splitlines() if line.strip()), type(e).__name__)
         raise NumclipError(
             f"refused to load {path}: it is not a plain tensor checkpoint that loads with "
             f"weights_only=True (it may contain pickled code, or be a TorchScript archive). "
@@ -142,11 +150,17 @@ def _saved_preprocess(path: str | Path) -> Optional[dict]:
     """Preprocessing recorded by `save_backbone`, so a saved backbone keeps its weights' transforms."""
     if Path(path).suffix.lower() != ".safetensors":
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = (f.metadata() or {}).get("numclip_backbone")
-    return json.loads(meta)["preprocess"] if meta else None
+    meta = safetensors_metadata(path, "backbone file").get("numclip_backbone")
+    if meta is None:
+        return None
+    preprocess = json_object(meta, str(path), "backbone record ('numclip_backbone' metadata)").get("preprocess")
+    if preprocess is None:
+        return None
+    try:
+        return PreprocessCard.model_validate(preprocess).model_dump()
+    except ValidationError as e:
+        raise NumclipError(f"{path}: backbone record key {first_problem(e, 'preprocess')} (the file is "
+                           "damaged; run `numclip pretrain` again)") from None
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
+from numclip.core.metadata import json_object, safetensors_metadata
 from numclip.kernels import Impl, cosine_logits  # noqa: F401  the seam: Triton on CUDA, PyTorch otherwise
 
 
@@ -30,16 +31,21 @@ def save_prototypes(path: str | Path, prototypes: torch.Tensor, logit_scale: flo
 
 
 def load_prototypes(path: str | Path) -> tuple[torch.Tensor, float, dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise NumclipError(f"prototype file not found: {path}")
+    """Prototypes [K, D], the scale and the metadata of a head file; NumclipError naming the file
+    when it is not one, or holds tensors of the wrong shape or non-finite values."""
+    what = "prototype (head) file"
+    record = safetensors_metadata(path, what).get("numclip", "{}")
+    meta = json_object(record, str(path), "head record ('numclip' metadata)")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("numclip", "{}"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise NumclipError(f"{path} is not a numclip prototype file: {e}") from None
-    if "prototypes" not in tensors or "logit_scale" not in tensors:
-        raise NumclipError(f"{path} lacks 'prototypes' or 'logit_scale'")
-    return tensors["prototypes"], float(tensors["logit_scale"]), meta
+    except (SafetensorError, OSError) as e:
+        raise NumclipError(f"{path} is not a readable {what}: {e}") from None
+    prototypes, scale = tensors.get("prototypes"), tensors.get("logit_scale")
+    if prototypes is None or scale is None:
+        raise NumclipError(f"{path} lacks 'prototypes' or 'logit_scale': export it again with `numclip evaluate`")
+    if prototypes.ndim != 2 or min(prototypes.shape) == 0 or not prototypes.is_floating_point() or scale.numel() != 1:
+        raise NumclipError(f"{path}: prototypes must be a non-empty float matrix [ranks, width] and logit_scale "
+                           f"one number; got {list(prototypes.shape)} {prototypes.dtype} and {list(scale.shape)}")
+    if not (torch.isfinite(prototypes).all() and torch.isfinite(scale).all()):
+        raise NumclipError(f"{path}: prototypes or logit_scale hold NaN or infinite values")
+    return prototypes.float(), float(scale), meta

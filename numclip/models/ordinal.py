@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,6 +19,7 @@ from numclip.config import LearningRates, ModelConfig, Params
 from numclip.config.methods import MethodBase, method_config
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
+from numclip.core.metadata import safetensors_metadata
 from numclip.models.backbone import Backbone, create_backbone
 from numclip.models.card import BackboneCard, ConceptsCard, ModelCard
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor, concept_bins
@@ -44,6 +45,11 @@ class RankPromptModel(nn.Module):
     def num_ranks(self) -> int:
         """K, the number of fine ranks predicted."""
         return self.card.num_ranks
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the width of the shared image-text space (what a prototype file must match)."""
+        return self.clip.visual.output_dim
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
@@ -194,14 +200,7 @@ def save_model(model: RankPromptModel, path: str | Path, extra: Optional[dict[st
 
 
 def read_model_card(path: str | Path) -> ModelCard:
-    path = Path(path)
-    if not path.is_file():
-        raise NumclipError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("numclip")
-    except (SafetensorError, OSError) as e:
-        raise NumclipError(f"{path} is not a safetensors model file: {e}") from None
+    meta = safetensors_metadata(path, "model file").get("numclip")
     if meta is None:
         raise NumclipError(f"{path} is not a numclip model (no 'numclip' metadata)")
     return ModelCard.from_json(meta, str(path))
@@ -210,17 +209,20 @@ def read_model_card(path: str | Path) -> ModelCard:
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> RankPromptModel:
     """Rebuild a saved model: architecture from metadata (no weights download), then its weights."""
     card = read_model_card(path)
-    backbone = create_backbone(ModelConfig(arch=card.model.arch), device, preprocess_cfg=card.preprocess)
-    backbone.pretrained = card.model.pretrained
     # initial values are overwritten by the saved state: do not depend on word files being present
     if hasattr(card.method_config, "rank_words_file"):
         card = card.model_copy(update={"method_config": card.method_config.model_copy(
             update={"rank_words_file": None})})
-    model = _assemble(backbone, card, seed=0)
-    state = load_file(str(path), device=str(device))
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise NumclipError(f"{path}: weights do not match the model they describe: {str(e)[:400]}") from None
+        backbone = create_backbone(ModelConfig(arch=card.model.arch), device, preprocess_cfg=card.preprocess_cfg())
+        backbone.pretrained = card.model.pretrained
+        model = _assemble(backbone, card, seed=0)
+    except NumclipError as e:
+        raise NumclipError(f"{path}: the model its card describes cannot be built: {e}") from None
+    try:
+        model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    except (RuntimeError, SafetensorError) as e:
+        detail = " ".join(str(e).split())[:400]
+        raise NumclipError(f"{path}: weights do not match the model they describe: {detail}") from None
     model.eval()
     return model

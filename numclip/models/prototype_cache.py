@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from numclip.config import Params
+from numclip.config.schema import read_word_file
+from numclip.core.errors import NumclipError
 from numclip.core.fingerprint import code_fingerprint
+from numclip.core.metadata import json_object, safetensors_metadata
 
 PROMPT_CODE = "numclip.models.ordinal"  # builds every method's prompt learner and head
 PROMPT_KEYS_IGNORED = {"loss"}  # settings that do not change the initial prompts
@@ -27,7 +30,7 @@ def prompt_key(params: Params, method: str, backbone_digest: str) -> str:
     """Content hash of everything that determines the method's initial prototypes."""
     cfg = {k: v for k, v in params.method(method).model_dump().items() if k not in PROMPT_KEYS_IGNORED}
     if cfg.get("rank_words_file"):
-        cfg["rank_words_file"] = Path(cfg["rank_words_file"]).read_text(encoding="utf-8")
+        cfg["rank_words_file"] = read_word_file(cfg["rank_words_file"])
     blob = json.dumps({"backbone": backbone_digest, "prompts": cfg, "words": params.rank_words(),
                        "template": params.task.template, "tokenizer": params.model.arch,
                        "seed": params.train.seed, "code": code_fingerprint(PROMPT_CODE)}, sort_keys=True)
@@ -39,10 +42,10 @@ def read_cache(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if not Path(path).is_file():
         return {}, {}
     try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = json.loads((f.metadata() or {}).get("numclip_keys", "{}"))
+        keys = json_object(safetensors_metadata(path, "prototype cache").get("numclip_keys", "{}"),
+                           str(path), "keys")
         return load_file(str(path)), keys
-    except (SafetensorError, OSError, json.JSONDecodeError):
+    except (NumclipError, SafetensorError, OSError):
         return {}, {}
 
 

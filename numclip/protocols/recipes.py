@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
+from numclip.config.params_file import load_document, to_plain
 from numclip.core.errors import NumclipError
 
 METHOD_KEYS = ("train.", "methods.")
@@ -47,10 +46,7 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise NumclipError(f"recipe not found: {path}")
-    try:
-        raw = _mapping(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
-    except yaml.YAMLError as e:
-        raise NumclipError(f"{path} is not valid YAML: {e}") from None
+    raw = to_plain(load_document(path), str(path))  # the params file's reader: its errors and limits
     missing = [k for k in ("name", "dataset", "params", "methods") if k not in raw]
     if missing:
         raise NumclipError(f"{path}: missing key(s) {', '.join(missing)}")

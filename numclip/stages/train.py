@@ -5,6 +5,7 @@ resumable after a kill (numclip.training.resume) and data-parallel under torchru
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from numclip.models.backbone import backbone_config, create_backbone, resolve_de
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.training.distributed import Dist, init_distributed
 from numclip.training.objective import training_loss
-from numclip.training.resume import Checkpoints, ResumeMode, TrainState
+from numclip.training.resume import Checkpoints, ResumeMode, TrainState, UnusableCheckpoint, set_aside
 from numclip.training.schedules import make_optimizer, make_scheduler
 
 LOWER_IS_BETTER = {"mae_argmax": True, "mae_expectation": True, "accuracy": False}
@@ -85,8 +86,21 @@ def train(params: Params, method: str, log: Callable[[str], None] = print,
 
     Under torchrun every process runs this; rank 0 alone writes files and logs. `resume` (see
     numclip.training.resume): "never" starts afresh; "explicit" continues from a checkpoint if there is one and
-    refuses one of another configuration; "auto" (the DVC stage) starts afresh instead of refusing.
+    refuses one of another configuration or a damaged one; "auto" (the DVC stage) starts afresh instead of
+    refusing, after setting a damaged checkpoint aside, so one bad file cannot fail every later `dvc repro`.
     """
+    try:
+        return _train(params, method, log, resume)
+    except UnusableCheckpoint as e:
+        if resume != "auto":
+            raise
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone touches the files
+            aside = set_aside(e.path)
+            log(f"{method}: {e.path} is unusable ({e.reason}): set aside as {aside}; starting afresh")
+        return _train(params, method, log, "never")
+
+
+def _train(params: Params, method: str, log: Callable[[str], None], resume: ResumeMode) -> TrainResult:
     start = time.time()
     cfg = params.train
     method_cfg = params.method(method)

@@ -4,6 +4,7 @@ checkpoints live, and when a checkpoint may continue a run (same configuration, 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -58,6 +59,43 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+_SAVED_KEYS = ("identity", "train_state", "model", "optimizer", "scheduler", "rng")
+
+
+class UnusableCheckpoint(NumclipError):
+    """A checkpoint that is damaged or does not fit the model: with `--resume` an error, with
+    `--resume auto` set aside so the run starts afresh."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"the checkpoint {path} is unusable: {reason}; delete it, or run with "
+                         "--resume auto to set it aside and start afresh")
+        self.path, self.reason = path, reason
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Move an unusable checkpoint's folder (its state and best model) out of the way, kept for
+    inspection, so the next run starts afresh instead of failing on it again."""
+    folder = checkpoint.parent
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = folder.with_name(f"{folder.name}.unusable-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.unusable-{stamp}-{n}")
+    folder.rename(aside)
+    return aside
+
+
+def _check_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Every optimizer moment has its parameter's shape (load_state_dict does not check)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(f"optimizer state {name} has shape {list(value.shape)}, "
+                                     f"its parameter {list(p.shape)}")
+
+
 class Checkpoints:
     """checkpoints_dir/<method>/: `state.safetensors` (the whole training state) and
     `best.safetensors` (the best model so far). Removed once the run has finished."""
@@ -71,14 +109,22 @@ class Checkpoints:
         self._loaded: Optional[dict[str, Any]] = None
 
     def start(self, mode: ResumeMode, log: Callable[[str], None]) -> TrainState:
-        """The state to start from: fresh, or the checkpoint's when `mode` allows and it matches."""
+        """The state to start from: fresh, or the checkpoint's when `mode` allows and it matches.
+        UnusableCheckpoint when the file is damaged (see `set_aside`)."""
         if mode == "never":
             return TrainState()
         if not self.path.is_file():
             log(f"{self.method}: no checkpoint at {self.path}: starting from the beginning")
             return TrainState()
-        saved = load_checkpoint(self.path)
-        changed = _differences(saved["identity"], self.identity)
+        try:
+            saved = load_checkpoint(self.path)
+            missing = [k for k in _SAVED_KEYS if k not in saved]
+            if missing:
+                raise NumclipError(f"it lacks {', '.join(missing)}")
+            changed = _differences(saved["identity"], self.identity)
+            state = None if changed else TrainState(**saved["train_state"])
+        except (NumclipError, TypeError) as e:
+            raise UnusableCheckpoint(self.path, str(e)) from None
         if changed:
             what = ", ".join(changed[:6])
             if mode == "explicit":
@@ -87,22 +133,27 @@ class Checkpoints:
             log(f"{self.method}: checkpoint {self.path} is of another run (differs in {what}): starting afresh")
             return TrainState()
         self._loaded = saved
-        state = TrainState(**saved["train_state"])
         log(f"{self.method}: resuming from {self.path} at step {state.step} "
             f"({state.epochs_done} epochs done)")
         return state
 
     def restore(self, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any) -> None:
-        """Put the loaded checkpoint's weights, optimizer, schedule and RNG states back in place."""
+        """Put the loaded checkpoint's weights, optimizer, schedule and RNG states back in place;
+        UnusableCheckpoint when they do not fit this model (the model is then half restored: rebuild it)."""
         if self._loaded is None:
             return
         device = next(model.parameters()).device
-        model.load_state_dict({k: v.to(device) for k, v in self._loaded["model"].items()})
-        optimizer.load_state_dict(self._loaded["optimizer"])
-        scheduler.load_state_dict(self._loaded["scheduler"])
-        set_rng_state(self._loaded["rng"])
-        self._loaded = None
+        try:
+            model.load_state_dict({k: v.to(device) for k, v in self._loaded["model"].items()})
+            optimizer.load_state_dict(self._loaded["optimizer"])
+            _check_moments(optimizer)
+            scheduler.load_state_dict(self._loaded["scheduler"])
+            set_rng_state(self._loaded["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise UnusableCheckpoint(self.path, " ".join(str(e).split())[:300]) from None
+        finally:
+            self._loaded = None
 
     def save(self, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: Any, ctx: Dist) -> None:
