@@ -371,16 +371,18 @@ def _image_variants(root: Path) -> typing.Iterator[tuple[str, Path, np.ndarray |
             pixels = grey8 if fmt8 == "L" else rgb8
             expected = as_rgb(grey8) if fmt8 == "L" else rgb8
             yield f"8-bit {fmt8} {fmt}", save(f"{fmt8}8.{fmt}", Image.fromarray(pixels)), expected
-    for fmt in ("bmp", "webp"):
-        yield f"RGB {fmt}", save(f"rgb.{fmt}", Image.fromarray(rgb8), **({"lossless": True} if fmt == "webp" else {})), rgb8
+    yield "RGB bmp", save("rgb.bmp", Image.fromarray(rgb8)), rgb8
+    yield "RGB lossless webp", save("rgb.webp", Image.fromarray(rgb8), lossless=True), rgb8
     _png_16bit_rgb(root / "rgb16.png", rgb16)
     yield "16-bit RGB png", root / "rgb16.png", (rgb16 >> 8).astype(np.uint8)
-    yield "1-bit", save("bits.png", Image.fromarray(grey8 > 127)), as_rgb(np.where(grey8 > 127, 255, 0).astype(np.uint8))
+    bits = grey8 > 127
+    yield "1-bit", save("bits.png", Image.fromarray(bits)), as_rgb(np.where(bits, 255, 0).astype(np.uint8))
     rgba = np.dstack([rgb8, grey8])
     yield "RGBA", save("rgba.png", Image.fromarray(rgba, "RGBA")), rgb8
     yield "grey with alpha", save("la.png", Image.fromarray(np.dstack([grey8, grey8]), "LA")), as_rgb(grey8)
     floats = grey16.astype(np.float32) / 65535
-    yield "float in [0, 1]", save("f01.tiff", Image.fromarray(floats)), as_rgb(np.rint(floats.astype(np.float64) * 255).astype(np.uint8))
+    scaled = np.rint(floats.astype(np.float64) * 255).astype(np.uint8)
+    yield "float in [0, 1]", save("f01.tiff", Image.fromarray(floats)), as_rgb(scaled)
     yield "float beyond 1", save("f255.tiff", Image.fromarray(floats * 255)), None
     yield "float NaN", save("fnan.tiff", Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32))), None
     yield "32-bit integer", save("i32.tiff", Image.fromarray(grey16.astype(np.int32) * 1000)), None
@@ -517,10 +519,10 @@ def test_backbone_records_of_every_shape(saved, tmp_path):
     record = json.loads(meta["numclip_backbone"])
     variants = [*_json_shapes(), *[(f"preprocess={bad!r}", json.dumps({**record, "preprocess": bad}))
                                    for bad in ([], "x", 3, {"size": "big"}, {"std": [0, 0, 0]})]]
+    config = ModelConfig(arch="numclip-tiny", pretrained=str(tmp_path / "b.safetensors"))
     for what, text in variants:
-        save_file(state, str(tmp_path / "b.safetensors"), metadata={"numclip_backbone": text})
-        one_line_error(lambda: create_backbone(ModelConfig(arch="numclip-tiny", pretrained=str(tmp_path / "b.safetensors"))),
-                       "b.safetensors", what=what)
+        save_file(state, config.pretrained, metadata={"numclip_backbone": text})
+        one_line_error(lambda: create_backbone(config), "b.safetensors", what=what)
 
 
 def test_head_files_that_do_not_fit_their_model(saved, tmp_path, capsys):
@@ -641,3 +643,41 @@ def test_moments_of_another_shape_are_unusable(tmp_path, monkeypatch):
     fresh, model, optimizer, scheduler = _tiny_run(tmp_path)
     with pytest.raises(UnusableCheckpoint, match="exp_avg has shape"):
         fresh.restore(fresh.start("explicit", lambda _: None), model, optimizer, scheduler)
+
+
+# ----------------------------------------------------------------------------------- predict inputs
+
+
+def test_predict_inputs_every_valid_image_predicted_every_bad_one_an_error_row(saved, tmp_path, capsys):
+    """A folder and a list file full of hostile entries: the run ends (no pipe blocks it), every valid
+    image gets a prediction, every bad entry an error row, and the CSV is UTF-8 whatever the names."""
+    folder = tmp_path / "images"
+    valid = [folder / f"ok{i}.png" for i in range(3)]
+    for i, path in enumerate(valid):
+        _image(path, i)
+    odd = os.fsencode(folder) + b"/caf\xe9.png"  # a Latin-1 name: not UTF-8
+    with open(odd, "wb") as f:
+        f.write(valid[0].read_bytes())
+    Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 256).save(folder / "deep16.png")
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    (folder / "cut.png").write_bytes(valid[1].read_bytes()[:60])
+    special = _special_files(folder / "special", ".png")
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(b"# a comment\n\n" + os.fsencode(valid[2]) + b"\n" + odd + b" 3\n"
+                       + b"missing.png\n" + os.fsencode(folder / "special" / "pipe.png") + b"\n")
+    out = tmp_path / "predictions.csv"
+    with deadline(60):
+        code = main(["predict", "--model", str(saved / "model.safetensors"), str(folder), str(listed),
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    with open(out, newline="", encoding="utf-8") as f:  # strict UTF-8: undecodable bytes are escaped
+        rows = list(csv.DictReader(f))
+    predicted = {Path(r["path"]).name for r in rows if not r["error"]}
+    failed = [Path(r["path"]).name for r in rows if r["error"]]
+    assert predicted == {"ok0.png", "ok1.png", "ok2.png", "caf\\xe9.png", "deep16.png"}, rows
+    bad_in_folder = {"zero.jpg", "text.png", "cut.png"} | {p.name for k, p in special.items() if k != "directory"}
+    assert sorted(failed) == sorted([*bad_in_folder, "missing.png", "pipe.png"]), failed
+    assert sum(1 for r in rows if not r["error"]) == 3 + 2 + 2  # the folder's five and the list's two
+    assert all(r["error"] for r in rows if r["rank"] == "") and all(r["rank"] for r in rows if not r["error"])

@@ -156,6 +156,26 @@ def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(project)
     assert files and len({re.search(r"\.(\d+)\.\d+$", f.name).group(1) for f in files}) == 1
 
 
+def test_a_damaged_checkpoint_is_refused_by_resume_and_set_aside_by_auto(project):
+    """The DVC stage runs --resume auto, so a checkpoint it cannot use must not fail every later
+    `dvc repro`: --resume refuses it in one line; auto keeps it aside, renamed, and trains afresh."""
+    folder = project / "checkpoints" / "coop"
+    folder.mkdir(parents=True, exist_ok=True)
+    damaged = b'\x40\x00\x00\x00\x00\x00\x00\x00{"__metadata__": {"format": "numclip-'  # cut in its header
+    (folder / "state.safetensors").write_bytes(damaged)
+    one_epoch = _args("train.epochs=1")
+    proc = _numclip(project, "train", "--method", "coop", "--resume", *one_epoch)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert "checkpoints/coop/state.safetensors is unusable" in out and "--resume auto" in out, out
+    out = _run(project, "train", "--method", "coop", "--resume", "auto", *one_epoch)
+    aside = list((project / "checkpoints").glob("coop.unusable-*"))
+    assert len(aside) == 1 and (aside[0] / "state.safetensors").read_bytes() == damaged
+    assert f"set aside as checkpoints/{aside[0].name}; starting afresh" in out, out
+    assert not folder.exists(), "the fresh run finished and removed its own checkpoints"
+    assert _outputs(project)[1]["history"][-1]["epoch"] == 1
+
+
 # --- the pieces, without processes ---------------------------------------------------------------
 
 def test_ranks_together_see_the_one_process_batches_and_resume_skips_done_steps():
@@ -192,7 +212,7 @@ def test_checkpoints_round_trip_nested_state_and_refuse_other_files(tmp_path):
     assert back["rng"] == (3, [1, 2, 3], None) and back["history"] == state["history"]
     pickle = tmp_path / "evil.safetensors"
     torch.save({"x": 1}, pickle)
-    with pytest.raises(NumclipError, match="not a readable checkpoint"):
+    with pytest.raises(NumclipError, match="not a readable training checkpoint"):
         load_checkpoint(pickle)
 
 
