@@ -113,8 +113,8 @@ def _special_files(folder: Path, suffix: str) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------- params
 
 
-def _integer_keys() -> list[str]:
-    """Every dotted params key whose type is an integer (or an optional one), read from the schema."""
+def _keys_of_type(kind: type) -> list[str]:
+    """Every dotted params key whose type is `kind` (or an optional one), read from the schema."""
     keys = []
 
     def walk(model, prefix):
@@ -123,23 +123,40 @@ def _integer_keys() -> list[str]:
             nested = [k for k in kinds if isinstance(k, type) and hasattr(k, "model_fields")]
             if nested:
                 walk(nested[0], f"{prefix}{name}.")
-            elif kinds == {int}:
+            elif kinds == {kind}:
                 keys.append(f"{prefix}{name}")
     walk(Params, "")
     return keys
 
 
-INTEGER_KEYS = _integer_keys()
+INTEGER_KEYS, FLOAT_KEYS = _keys_of_type(int), _keys_of_type(float)
 
 
-def test_the_schema_has_integer_keys_to_check():
+def test_the_schema_has_keys_to_check():
     assert len(INTEGER_KEYS) >= 15 and "train.epochs" in INTEGER_KEYS and "data.num_ranks" in INTEGER_KEYS
+    assert len(FLOAT_KEYS) >= 10 and "train.lr.rank" in FLOAT_KEYS
 
 
 @pytest.mark.parametrize("value", ["true", "false", "yes", "on", "1.5", "'3'", "[3]", "{a: 1}", "3abc"])
 def test_every_integer_key_refuses_what_is_not_an_integer(value):
     """Strict integers: a boolean (YAML's true), a fraction, a quoted number or a list is a mistake."""
     for key in INTEGER_KEYS:
+        one_line_error(lambda: load_params(None, [f"{key}={value}"]), key)  # noqa: B023 (called at once)
+
+
+def test_seeds_and_sizes_that_would_overflow_or_never_finish_are_refused():
+    """Seeds that NumPy or torch cannot take, and a rank count no task has (it would never finish)."""
+    seeds = [k for k in INTEGER_KEYS if k.endswith("seed")]
+    assert len(seeds) >= 4
+    for key, value in [*[(k, v) for k in seeds for v in (-1, 2**32, 10**30)], ("data.num_ranks", 10**26),
+                       ("methods.ordinalclip.num_base_ranks", 10**12), ("data.synthetic.num_images", 10**12)]:
+        one_line_error(lambda: load_params(None, [f"{key}={value}"]), key)  # noqa: B023
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "true", "'0.5'", "[0.5]", "fast"])
+def test_every_float_key_refuses_what_is_not_a_finite_number(value):
+    """A NaN or infinite learning rate or weight would train garbage without a word."""
+    for key in FLOAT_KEYS:
         one_line_error(lambda: load_params(None, [f"{key}={value}"]), key)  # noqa: B023 (called at once)
 
 
@@ -464,7 +481,8 @@ def _card_variants(card: dict) -> typing.Iterator[tuple[str, str]]:
     for key, bad in (("learner", "transformer"), ("learner", []), ("learner", None), ("n_ctx", -3),
                      ("n_ctx", "four")):
         yield f"method_config.{key}={bad!r}", json.dumps({**card, "method_config": {**card["method_config"], key: bad}})
-    for key, bad in (("size", "big"), ("size", [0, 0]), ("size", 10**6), ("mean", [1]), ("std", [0, 0, 0]),
+    for key, bad in (("size", "big"), ("size", [0, 0]), ("size", 10**6), ("mean", [1]),
+                     ("mean", [float("nan")] * 3), ("std", [0, 0, 0]),
                      ("interpolation", "zzz"), ("mode", "CMYK")):
         yield f"preprocess.{key}={bad!r}", json.dumps({**card, "preprocess": {**card["preprocess"], key: bad}})
     yield "one rank word too many", json.dumps({**card, "rank_words": card["rank_words"] + ["x"]})

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from numclip.config.section import Section
+from numclip.config.section import MAX_RANKS, Section
 
 HeadName = Literal["ranks", "concepts"]  # concepts: NumCLIP's coarse-to-fine head
 HEADS = get_args(HeadName)  # numclip.models.ordinal.HEADS builds them
@@ -111,7 +111,7 @@ class InterpolatedMethod(ContextMethod):
     """OrdinalCLIP: K rank embeddings blended from num_base_ranks learned ones."""
 
     learner: Literal["interpolated"]
-    num_base_ranks: int = Field(3, ge=1)
+    num_base_ranks: int = Field(3, ge=1, le=MAX_RANKS)
     interpolation: Literal["linear", "inv_prop", "piecewise", "gaussian"] = "linear"
     gaussian_bandwidth: Optional[float] = Field(None, gt=0)
 

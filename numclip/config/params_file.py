@@ -17,6 +17,7 @@ from ruamel.yaml.error import YAMLError
 
 from numclip.core.atomic import write_text
 from numclip.core.errors import NumclipError
+from numclip.core.text import one_line
 
 
 def round_trip_yaml() -> YAML:
@@ -45,8 +46,7 @@ def load_document(path: Path) -> Any:
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
-        raise NumclipError(f"{path} is not valid YAML: {problem}{where}") from None
+        raise NumclipError(f"{path} is not valid YAML: {one_line(getattr(e, 'problem', None) or e)}{where}") from None
     except UnicodeDecodeError as e:
         raise NumclipError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
     except OSError as e:

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from numclip.config.methods import MethodBase, MethodConfig, default_methods
-from numclip.config.section import Section, output_path
+from numclip.config.section import MAX_RANKS, Section, output_path, seed_field
 from numclip.core.errors import NumclipError
 
 NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -25,14 +25,14 @@ NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", 
 class SyntheticConfig(Section):
     """The embedded counting dataset: images of 1..num_ranks objects."""
 
-    num_images: int = Field(3000, ge=1)
+    num_images: int = Field(3000, ge=1, le=1_000_000)
     image_size: int = Field(64, ge=16, le=1024)
     shapes: list[Literal["circle", "square", "triangle"]] = ["circle", "square", "triangle"]
     colours: list[Literal["red", "green", "blue", "yellow", "purple", "orange", "white"]] = [
         "red", "green", "blue", "yellow"]
     min_size_fraction: float = Field(0.07, gt=0, lt=1)
     max_size_fraction: float = Field(0.12, gt=0, lt=1)
-    seed: int = 0
+    seed: int = seed_field()
     output_dir: str = output_path("data/synthetic", "ingest")
 
     @model_validator(mode="after")
@@ -48,7 +48,7 @@ class SplitConfig(Section):
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
-    seed: int = 0
+    seed: int = seed_field()
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitConfig":
@@ -63,7 +63,7 @@ SYNTHETIC_ROOT = "numclip/data/synthetic.py"  # the synthetic source has no file
 
 class DataConfig(Section):
     source: Literal["synthetic", "table", "folder", "listfile"] = "synthetic"
-    num_ranks: int = Field(10, ge=2, description="K: labels are integer ranks 0..K-1")
+    num_ranks: int = Field(10, ge=2, le=MAX_RANKS, description="K: labels are integer ranks 0..K-1")
     root: str = Field(
         SYNTHETIC_ROOT, description="what DVC watches for the source's files (the folder holding your "
         "tables, lists and images), so a changed file reruns the pipeline; numclip init sets it")
@@ -169,7 +169,7 @@ class SubsetConfig(Section):
     shots: int = Field(16, ge=1, description="few_shot: training images kept per label")
     top_k: int = Field(10, ge=1, description="distribution_shift: how many of the most frequent labels")
     keep_fraction: float = Field(0.2, gt=0, le=1, description="distribution_shift: share of their images kept")
-    seed: int = 0
+    seed: int = seed_field()
 
 
 class TrainConfig(Section):
@@ -192,8 +192,8 @@ class TrainConfig(Section):
     freeze_batchnorm: bool = Field(
         False, description="BatchNorm layers normalise with their running statistics and do not update "
         "them: for small per-process batches, and multi-process runs on CPU that match one process")
-    seed: int = 0
-    num_workers: int = Field(0, ge=0)
+    seed: int = seed_field()
+    num_workers: int = Field(0, ge=0, le=256)
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
     models_dir: str = output_path("models", "train")
     runs_dir: str = output_path("runs", "train")  # TensorBoard
@@ -235,7 +235,7 @@ class PretrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     template_caption_prob: float = Field(
         0.5, ge=0, le=1, description="share of captions replaced by task.zeroshot_template for the rank")
-    seed: int = 0
+    seed: int = seed_field()
     counting: CountingLossConfig = CountingLossConfig()
     finetune_pretrained: bool = Field(
         False, description="with model.pretrained: fine-tune those weights with this loss (lr ~1e-5)")

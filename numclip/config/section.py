@@ -1,4 +1,5 @@
-"""The base of every params section: unknown keys are errors, and assignments are validated too."""
+"""The base of every params section: unknown keys are errors, assignments are validated too, and
+types are strict (`true` is not an integer, `'3'` not a number), with no NaN or infinite values."""
 
 from typing import Any, Optional
 
@@ -6,7 +7,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+MAX_RANKS = 100_000  # far above any ordinal task; a typo's 10**26 ranks would never finish
+MAX_SEED = 2**32 - 1  # what NumPy's seeding takes
+
+
+def seed_field() -> Any:
+    """A random seed: a non-negative integer that NumPy, torch and Python all accept."""
+    return Field(0, ge=0, le=MAX_SEED)
 
 
 def output_path(default: str, stage: str, description: Optional[str] = None) -> Any:

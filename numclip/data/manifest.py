@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from numclip.config import Params
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
+from numclip.core.text import one_line
 
 SPLITS = ("train", "val", "test")
 META_IMAGES_ROOT = "numclip.images_root"
@@ -107,13 +108,13 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise NumclipError(f"manifest not found: {path} (run the ingest stage first)")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise NumclipError(f"manifest {path} is not a readable Parquet file: {e}") from None
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        raise NumclipError(f"manifest {path} is not a readable Parquet file: {one_line(e, 300)}") from None
     missing = [c for c in SCHEMA.names if c not in table.column_names]
     if missing:
         raise NumclipError(f"manifest {path} lacks columns {', '.join(missing)} "
                            f"(it has {', '.join(table.column_names)})")
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     absent = [k for k in (META_IMAGES_ROOT, META_NUM_RANKS) if k not in meta]
     if absent:
         raise NumclipError(f"manifest {path} lacks schema metadata {', '.join(absent)} "
@@ -127,7 +128,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     cols = {c: table.column(c).to_pylist() for c in SCHEMA.names}
     rows = [ManifestRow(**dict(zip(SCHEMA.names, values))) for values in zip(*cols.values())]
     for i, r in enumerate(rows):
-        if r.path is None or r.label is None or not 0 <= r.label < num_ranks or r.split not in SPLITS:
+        if not isinstance(r.path, str) or not isinstance(r.label, int) or not 0 <= r.label < num_ranks \
+                or r.split not in SPLITS:
             raise NumclipError(f"manifest {path} row {i}: path {r.path!r}, label {r.label!r}, "
                                f"split {r.split!r} (need a path, a label in [0, {num_ranks}) "
                                f"and a split in {', '.join(SPLITS)})")

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from numclip.config import DataConfig
 from numclip.core.errors import NumclipError
+from numclip.core.text import one_line
 from numclip.data.manifest import SPLITS, Candidate
 from numclip.data.synthetic import generate_synthetic
 from numclip.data.tables import read_csv_table, unique_columns
@@ -83,7 +84,7 @@ def _read_parquet(path: Path) -> list[Candidate]:
         names = unique_columns(path, pq.read_schema(path).names)
         table = pq.ParquetFile(path).read()
     except (pa.ArrowException, OSError) as e:
-        raise NumclipError(f"{path} is not a readable Parquet file: {' '.join(str(e).split())[:300]}") from None
+        raise NumclipError(f"{path} is not a readable Parquet file: {one_line(e, 300)}") from None
     _check_columns(path, names)
     columns = {name: table.column(i).to_pylist() for i, name in enumerate(names)}
     return [_candidate(lambda k: columns[k][i] if k in columns else None,  # noqa: B023 (called at once)

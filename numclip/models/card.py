@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from numclip.config.methods import MethodConfig, stored_method
+from numclip.config.section import MAX_RANKS
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import first_problem, json_object
 
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 class Record(BaseModel):
     """A record read back from a file: types are checked strictly (a `true` is not a 1)."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class BackboneCard(Record):
@@ -34,7 +35,7 @@ class PreprocessCard(BaseModel):
     """open_clip's image preprocessing (its PreprocessCfg), checked when read back from a model or a
     backbone file, so a damaged file cannot hand the transforms values they would crash on."""
 
-    model_config = ConfigDict(extra="ignore")  # open_clip's own keys only, as its merge does
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # open_clip's own keys, as its merge keeps
 
     size: Union[int, tuple[int], tuple[int, int]] = 224
     mode: Literal["RGB"] = "RGB"
@@ -76,7 +77,7 @@ class ModelCard(Record):
     method_config: MethodConfig
     model: BackboneCard
     preprocess: Optional[PreprocessCard] = None
-    num_ranks: int = Field(ge=1, le=1_000_000)
+    num_ranks: int = Field(ge=1, le=MAX_RANKS)
     rank_words: list[str]
     prompt_words: list[str] = Field(min_length=1)  # the text classes: rank words, or concept names for a concept head
     concepts: Optional[ConceptsCard] = None

@@ -20,6 +20,7 @@ from numclip.config.methods import MethodBase, method_config
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import safetensors_metadata
+from numclip.core.text import one_line
 from numclip.models.backbone import Backbone, create_backbone
 from numclip.models.card import BackboneCard, ConceptsCard, ModelCard
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor, concept_bins
@@ -222,7 +223,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> RankProm
     try:
         model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
     except (RuntimeError, SafetensorError) as e:
-        detail = " ".join(str(e).split())[:400]
-        raise NumclipError(f"{path}: weights do not match the model they describe: {detail}") from None
+        raise NumclipError(f"{path}: weights do not match the model they describe: {one_line(e)}") from None
     model.eval()
     return model

@@ -16,6 +16,7 @@ from numclip.core.atomic import atomic_path
 from numclip.core.digests import file_digest
 from numclip.core.errors import NumclipError
 from numclip.core.runtime import rng_state, set_rng_state
+from numclip.core.text import one_line
 from numclip.training.checkpoint import load_checkpoint, save_checkpoint
 from numclip.training.distributed import Dist
 
@@ -151,7 +152,7 @@ class Checkpoints:
             scheduler.load_state_dict(self._loaded["scheduler"])
             set_rng_state(self._loaded["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise UnusableCheckpoint(self.path, " ".join(str(e).split())[:300]) from None
+            raise UnusableCheckpoint(self.path, one_line(e, 300)) from None
         finally:
             self._loaded = None
 
