@@ -607,6 +607,11 @@ def _checkpoint_variants(good: Path, root: Path) -> typing.Iterator[tuple[str, P
     for key, _ in skeleton["__items__"]:
         items = [pair for pair in skeleton["__items__"] if pair[0] != key]
         yield f"no {key}", write(f"no-{key}.safetensors", state=json.dumps({"__items__": items}))
+    positions = itertools.product(('"step", 5', '"epochs_done", 1'), ('"five"', "-1", "true", "null"))
+    for i, (position, bad) in enumerate(positions):
+        key = position.split(",")[0]
+        assert position in state
+        yield f"{key} {bad}", write(f"position{i}.safetensors", state=state.replace(position, f"{key}, {bad}"))
     yield "a reference to a missing tensor", write("dangling.safetensors", tensors=dict(list(tensors.items())[1:]))
     yield "a reference of another kind", write("kind.safetensors", state=state.replace('"__tensor__"', '"__tensr__"'))
     for name in [n for n in tensors if ".model." in n][:3]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional, Union
 
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from numclip.config.methods import MethodConfig, stored_method
@@ -39,8 +40,8 @@ class PreprocessCard(BaseModel):
 
     size: Union[int, tuple[int], tuple[int, int]] = 224
     mode: Literal["RGB"] = "RGB"
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
     interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
     resize_mode: Literal["shortest", "longest", "squash"] = "shortest"
     fill_color: int = Field(0, ge=0, le=255)
@@ -69,7 +70,7 @@ class ConceptsCard(Record):
 
 
 class ModelCard(Record):
-    model_config = ConfigDict(extra="allow", strict=True)  # a newer version's extra records are kept
+    model_config = ConfigDict(extra="allow")  # a newer version's extra records are kept
 
     format: int = Field(FORMAT_VERSION, ge=1, le=FORMAT_VERSION)
     numclip_version: str

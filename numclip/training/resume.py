@@ -87,6 +87,17 @@ def set_aside(checkpoint: Path) -> Path:
     return aside
 
 
+def _train_state(saved: Any) -> TrainState:
+    """The saved position, its counters checked (a tampered one would fail deep in the loop)."""
+    state = TrainState(**saved)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (state.step, state.epochs_done)):
+        raise NumclipError(f"its position (step {state.step!r}, epochs_done {state.epochs_done!r}) is not "
+                           "two counts")
+    if not isinstance(state.history, list) or not isinstance(state.losses, list):
+        raise NumclipError("its history or losses are not lists")
+    return state
+
+
 def _check_moments(optimizer: torch.optim.Optimizer) -> None:
     """Every optimizer moment has its parameter's shape (load_state_dict does not check)."""
     for group in optimizer.param_groups:
@@ -123,7 +134,7 @@ class Checkpoints:
             if missing:
                 raise NumclipError(f"it lacks {', '.join(missing)}")
             changed = _differences(saved["identity"], self.identity)
-            state = None if changed else TrainState(**saved["train_state"])
+            state = None if changed else _train_state(saved["train_state"])
         except (NumclipError, TypeError) as e:
             raise UnusableCheckpoint(self.path, str(e)) from None
         if changed:
@@ -151,6 +162,8 @@ class Checkpoints:
             _check_moments(optimizer)
             scheduler.load_state_dict(self._loaded["scheduler"])
             set_rng_state(self._loaded["rng"])
+        except torch.cuda.OutOfMemoryError:
+            raise  # the device is full: the checkpoint is not at fault
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise UnusableCheckpoint(self.path, one_line(e, 300)) from None
         finally:
