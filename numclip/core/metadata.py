@@ -4,7 +4,9 @@ than a traceback, a hang or a stack overflow. Every kind of file reads its metad
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +47,24 @@ def json_object(text: Any, source: str, what: str, max_bytes: int = MAX_BYTES) -
     return value
 
 
-def safetensors_metadata(path: str | Path, what: str) -> dict[str, str]:
-    """The string metadata of a safetensors file; NumclipError naming the file when it is missing,
-    not a regular file, or not safetensors. `what` says what the file should have been."""
+@contextlib.contextmanager
+def open_safetensors(path: str | Path, what: str) -> Iterator[Any]:
+    """A safetensors file's handle (metadata and tensors from one open); NumclipError naming the
+    file when it is missing, not a regular file, or not safetensors. `what` says what it should be."""
     path = Path(path)
     if not path.is_file():
         raise NumclipError(f"{what} not found: {path}" if not path.exists() else f"{what} {path} is not a file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
+            yield f
     except (SafetensorError, OSError) as e:
         raise NumclipError(f"{path} is not a readable {what} (safetensors): {e}") from None
+
+
+def safetensors_metadata(path: str | Path, what: str) -> dict[str, str]:
+    """The string metadata of a safetensors file (see `open_safetensors`)."""
+    with open_safetensors(path, what) as f:
+        return f.metadata() or {}
 
 
 def first_problem(err: ValidationError, *prefix: str) -> str:

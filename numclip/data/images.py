@@ -37,18 +37,26 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+class ImageError(NumclipError):
+    """An image that cannot be read; `reason` says why, without the path (ingest's reject reason)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.reason = reason
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """An 8-bit RGB image, upright per its EXIF orientation; NumclipError naming the path (and why)
+    """An 8-bit RGB image, upright per its EXIF orientation; ImageError naming the path (and why)
     when it is not a regular file or cannot be read as an image."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise NumclipError(f"cannot read image {path}: not a regular file")
+            raise ImageError(path, "not a regular file")
     except ValueError:  # os.stat refuses a NUL byte
-        raise NumclipError(f"cannot read image {path!r}: the path holds a NUL byte") from None
+        raise ImageError(repr(path), "the path holds a NUL byte") from None
     except OSError as e:
-        raise NumclipError(f"cannot read image {path}: {e.strerror or e}") from None
+        raise ImageError(path, str(e.strerror or e)) from None
     try:
         with Image.open(path) as im:
             return _to_rgb(ImageOps.exif_transpose(im))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise NumclipError(f"cannot read image {path}: {e}") from None
+        raise ImageError(path, str(e)) from None

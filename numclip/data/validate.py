@@ -19,7 +19,7 @@ from pathlib import Path
 from numclip.core.errors import NumclipError
 from numclip.core.progress import progress
 from numclip.core.text import printable
-from numclip.data.images import load_image
+from numclip.data.images import ImageError, load_image
 from numclip.data.manifest import SPLITS, Candidate, ManifestRow
 from numclip.data.tables import Reject
 
@@ -91,11 +91,10 @@ def _image_problem(path: Path) -> str | None:
     """Why the image cannot be trained on, read exactly as training will read it (None: it can)."""
     try:
         load_image(path)
-    except NumclipError as e:
-        reason = str(e).removeprefix(f"cannot read image {path}: ")
-        if "cannot identify image file" in reason:
+    except ImageError as e:
+        if "cannot identify image file" in e.reason:
             return "unreadable image (not a format PIL can identify)"
-        return "truncated image" if "truncated" in reason else f"unreadable image ({reason})"
+        return "truncated image" if "truncated" in e.reason else f"unreadable image ({e.reason})"
     return None
 
 

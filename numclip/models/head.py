@@ -12,12 +12,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
-from numclip.core.metadata import json_object, safetensors_metadata
+from numclip.core.metadata import json_object, open_safetensors
 from numclip.kernels import Impl, cosine_logits  # noqa: F401  the seam: Triton on CUDA, PyTorch otherwise
 
 
@@ -34,12 +33,9 @@ def load_prototypes(path: str | Path) -> tuple[torch.Tensor, float, dict[str, An
     """Prototypes [K, D], the scale and the metadata of a head file; NumclipError naming the file
     when it is not one, or holds tensors of the wrong shape or non-finite values."""
     what = "prototype (head) file"
-    record = safetensors_metadata(path, what).get("numclip", "{}")
-    meta = json_object(record, str(path), "head record ('numclip' metadata)")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise NumclipError(f"{path} is not a readable {what}: {e}") from None
+    with open_safetensors(path, what) as f:
+        meta = json_object((f.metadata() or {}).get("numclip", "{}"), str(path), "head record ('numclip' metadata)")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     prototypes, scale = tensors.get("prototypes"), tensors.get("logit_scale")
     if prototypes is None or scale is None:
         raise NumclipError(f"{path} lacks 'prototypes' or 'logit_scale': export it again with `numclip evaluate`")

@@ -16,8 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from numclip.config import Params
-from numclip.config.schema import read_word_file
+from numclip.config import Params, read_word_file
 from numclip.core.errors import NumclipError
 from numclip.core.fingerprint import code_fingerprint
 from numclip.core.metadata import json_object, safetensors_metadata

@@ -5,7 +5,6 @@ resumable after a kill (numclip.training.resume) and data-parallel under torchru
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from numclip.evaluation.metrics import similarity_matrix
 from numclip.evaluation.plots import similarity_figure
 from numclip.models.backbone import backbone_config, create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
-from numclip.training.distributed import Dist, init_distributed
+from numclip.training.distributed import Dist, env_rank, init_distributed
 from numclip.training.objective import training_loss
 from numclip.training.resume import Checkpoints, ResumeMode, TrainState, UnusableCheckpoint, set_aside
 from numclip.training.schedules import make_optimizer, make_scheduler
@@ -94,7 +93,7 @@ def train(params: Params, method: str, log: Callable[[str], None] = print,
     except UnusableCheckpoint as e:
         if resume != "auto":
             raise
-        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone touches the files
+        if env_rank() == 0:  # torchrun: rank 0 alone touches the files
             aside = set_aside(e.path)
             log(f"{method}: {e.path} is unusable ({e.reason}): set aside as {aside}; starting afresh")
         return _train(params, method, log, "never")

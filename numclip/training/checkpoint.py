@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
-from numclip.core.metadata import json_object, safetensors_metadata
+from numclip.core.metadata import json_object, open_safetensors
 
 FORMAT = "numclip-checkpoint-1"
 _TENSOR = "__tensor__"
@@ -61,14 +60,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The state `save_checkpoint` wrote; NumclipError naming the file if it is not one or is damaged."""
-    meta = safetensors_metadata(path, "training checkpoint")
-    if meta.get("format") != FORMAT:
-        raise NumclipError(f"{path} is not a numclip training checkpoint")
-    skeleton = json_object(meta.get("state"), str(path), "state record", max_bytes=STATE_MAX_BYTES)
+    with open_safetensors(path, "training checkpoint") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise NumclipError(f"{path} is not a numclip training checkpoint")
+        skeleton = json_object(meta.get("state"), str(path), "state record", max_bytes=STATE_MAX_BYTES)
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     try:
-        tensors = load_file(str(path))
         return _unflatten(skeleton, tensors)
-    except (SafetensorError, OSError) as e:
-        raise NumclipError(f"{path} is not a readable checkpoint: {e}") from None
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise NumclipError(f"{path}: its state record is damaged ({type(e).__name__}: {e})") from None

@@ -70,12 +70,17 @@ class Dist:
             dist.barrier()
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    ctx = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = Dist(env_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         if device.type == "cuda":
             if torch.cuda.device_count() <= ctx.local_rank:
