@@ -9,6 +9,37 @@ import os
 if os.environ.get("NUMCLIP_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _exact_bf16_dot_in_interpreter() -> None:
+    """Triton 3.8's interpreter multiplies bf16 tiles as their raw uint16 bits (numpy has no bf16), so
+    a bf16 `tl.dot` gives garbage there. The test helper, not the kernel, upcasts the operands to fp32
+    first: exact, as a tensor core's products are, so the kernels' bf16 dot path itself is what runs."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    import triton.language as tl
+
+    original = interpreter.InterpreterBuilder.create_dot
+    if getattr(original, "numclip_patched", False):
+        return
+
+    def upcast(handle):
+        if handle.dtype.scalar != tl.bfloat16:
+            return handle
+        data = interpreter._convert_float(handle.data, tl.bfloat16, tl.float32, None).view("float32")
+        return interpreter.TensorHandle(data, tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, upcast(a), upcast(b), d, input_precision, max_num_imprecise_acc)
+
+    create_dot.numclip_patched = True
+    interpreter.InterpreterBuilder.create_dot = create_dot
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _exact_bf16_dot_in_interpreter()
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -4,7 +4,8 @@
 Every function takes `mode`: "faithful" reproduces the released code (quirks included, for comparing
 with the papers), "fixed" repairs the quirk. All are vectorised, device-agnostic and free of host
 round trips; target range checks run only for CPU tensors (on CUDA they would force a sync, and
-cross-entropy's own device assert catches them there).
+cross-entropy's own device assert catches them there). The ranking cross-entropy ignores target -100,
+as `F.cross_entropy` does; the other terms take class indices only.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from torch import Tensor
 from numclip.losses.contrastive import text_to_image_kl
 
 Mode = Literal["faithful", "fixed"]
+IGNORE_INDEX = -100  # F.cross_entropy's default: a row with this target has no loss and no gradient
 
 
-def check_inputs(logits: Tensor, target: Tensor, mode: str) -> None:
+def check_inputs(logits: Tensor, target: Tensor, mode: str, ignore_index: bool = False,
+                 host_checks: bool = True) -> None:
+    """Shapes, dtype and (for CPU tensors, when `host_checks`) the range of the targets; -100 passes
+    where `ignore_index`."""
     if mode not in ("faithful", "fixed"):
         raise ValueError(f"mode must be 'faithful' or 'fixed', got '{mode}'")
     if logits.dim() != 2:
@@ -32,9 +37,13 @@ def check_inputs(logits: Tensor, target: Tensor, mode: str) -> None:
         raise ValueError(f"target must be [B]={logits.shape[0]}, got shape {tuple(target.shape)}")
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
-    if not target.is_cuda and target.numel() and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
-        raise ValueError(f"target values must be in [0, {logits.shape[1] - 1}], got "
-                         f"[{int(target.min())}, {int(target.max())}]")
+    if target.is_cuda or not host_checks:
+        return
+    used = target[target != IGNORE_INDEX] if ignore_index else target
+    if used.numel() and (int(used.min()) < 0 or int(used.max()) >= logits.shape[1]):
+        allowed = f" (or {IGNORE_INDEX}, ignored)" if ignore_index else ""
+        raise ValueError(f"target values must be in [0, {logits.shape[1] - 1}]{allowed}, got "
+                         f"[{int(used.min())}, {int(used.max())}]")
 
 
 def ranking_weights(target: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -61,7 +70,7 @@ def ranking_weighted_cross_entropy(logits: Tensor, target: Tensor, mode: Mode = 
       always has the larger softmax share and so is pushed harder, whatever the logit's sign, and the
       loss is smooth in L. The true class (W = 1) is unchanged, and so is every class when all W are 1.
     """
-    check_inputs(logits, target, mode)
+    check_inputs(logits, target, mode, ignore_index=True)
     return weighted_cross_entropy_unchecked(logits, target, mode, margin, reduction)
 
 
