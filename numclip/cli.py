@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", default=None,
                    help="B in {256, 4096} only (the default on CPU; the full grid adds B = 65536)")
     p.add_argument("--full", dest="quick", action="store_false", help="the full grid, also on CPU")
+    p.add_argument("--model", action="store_true", help="print the roofline model of the target cases (bytes, "
+                   "FLOPs, estimated H100/H200 times: lower bounds, not measurements) and time nothing")
+    p.add_argument("--step", action="store_true", help="time one training step and the head + loss's share of it "
+                   "(ViT-B/16, batch 256 on CUDA; the tiny model on CPU)")
 
     p = sub.add_parser("predict", parents=[common], help="predict ranks for your own images")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or list files")
@@ -270,9 +274,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "predict":
             cmd_predict(params, args)
         elif args.command == "bench":
+            from numclip.commands.bench import print_model
             from numclip.commands.bench import run as run_bench
 
-            run_bench(args.out, args.quick)
+            if args.model:  # the roofline model alone: nothing is timed
+                print_model()
+            elif args.step:
+                from numclip.commands.bench_step import run_step
+
+                run_step(args.out)
+            else:
+                run_bench(args.out, args.quick)
     except NumclipError as e:
         print(f"numclip {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from numclip.config import load_params
 from numclip.core.errors import NumclipError
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor
 from numclip.models.ordinal import ConceptModel, build_model, load_model, save_model
-from numclip.training.objective import training_loss
+from numclip.training.objective import head_outputs, training_loss
 
 
 def test_counting_preset_maps_every_rank_to_exactly_one_bin():
@@ -89,8 +89,14 @@ def test_concept_model_prompts_losses_and_round_trip(tiny_backbone, tmp_path):
     images, labels = torch.randn(6, 3, 64, 64), torch.tensor([0, 1, 3, 5, 8, 9])
     parts = model.forward_parts(images)
     assert parts[2].shape == (6, 5), "logits over the 5 concepts"
-    loss, terms = training_loss(model, *parts, labels, params.method("numclip_faithful").loss)
+    weights = params.method("numclip_faithful").loss
+    loss, terms = training_loss(model, *parts, labels, weights)
     assert set(terms) == {"ranking_ce", "ranking_kl", "regression"}
+    logits, fused = head_outputs(model, *parts[:2], labels, weights)
+    assert set(fused) == {"ranking_ce"} and torch.equal(logits, parts[2])
+    fused_loss, fused_terms = training_loss(model, *parts[:2], logits, labels, weights, fused)
+    assert torch.equal(fused_loss, loss) and all(torch.equal(fused_terms[k], terms[k]) for k in terms), \
+        "the fused head + loss is the same arithmetic off CUDA"
     loss.backward()
     assert model.adapter.net[0].weight.grad is not None and model.regressor.shift.weight.grad is not None
     rank, value = model.readout(parts[2].detach())

@@ -1,6 +1,7 @@
 """The shared head: cosine logits against language prototypes, and prototype files.
 
-`cosine_logits` (from `numclip.kernels`) is the one seam the fused kernel sits behind (`impl=`).
+`cosine_logits` and `cosine_ranking_cross_entropy` (from `numclip.kernels`) are the seam the fused kernels sit
+behind (`impl=`).
 Prototypes depend only on the prompts, so after training they are saved once and inference needs no text encoder.
 """
 
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import json_object, open_safetensors
-from numclip.kernels import Impl, cosine_logits  # noqa: F401  the seam: Triton on CUDA, PyTorch otherwise
+from numclip.kernels import Impl, cosine_logits, cosine_ranking_cross_entropy  # noqa: F401  the seam (kernels)
 
 
 def save_prototypes(path: str | Path, prototypes: torch.Tensor, logit_scale: float,

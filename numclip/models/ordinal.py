@@ -24,7 +24,7 @@ from numclip.core.text import one_line
 from numclip.models.backbone import Backbone, create_backbone
 from numclip.models.card import BackboneCard, ConceptsCard, ModelCard
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor, concept_bins
-from numclip.models.head import Impl, cosine_logits
+from numclip.models.head import Impl, cosine_logits, cosine_ranking_cross_entropy
 from numclip.models.prompts import PromptLearner, build_prompt_learner
 from numclip.models.readouts import readout_argmax, readout_expectation
 from numclip.models.text import TextTower
@@ -80,6 +80,12 @@ class RankPromptModel(nn.Module):
         """Scaled cosine similarity of image features [B, D] to prototypes [classes, D]."""
         return cosine_logits(features, prototypes.to(features.dtype), self.logit_scale(), impl=impl)
 
+    def logits_and_ranking_ce(self, features: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
+                              mode: str, impl: Impl = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """(NumCLIP's ranking-weighted CE of the logits, the logits), the head and the loss fused."""
+        return cosine_ranking_cross_entropy(features, prototypes.to(features.dtype), self.logit_scale(), targets,
+                                            mode=mode, impl=impl)
+
     def class_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """The head's class of each fine label (the rank itself here)."""
         return labels
@@ -132,6 +138,12 @@ class ConceptModel(RankPromptModel):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.clip.encode_image(images))
+
+    def logits_and_ranking_ce(self, features: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
+                              mode: str, impl: Impl = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """(NumCLIP's ranking-weighted CE of the logits, the logits), the head and the loss fused."""
+        return cosine_ranking_cross_entropy(features, prototypes.to(features.dtype), self.logit_scale(), targets,
+                                            mode=mode, impl=impl)
 
     def class_targets(self, labels: torch.Tensor) -> torch.Tensor:
         return self.bins.coarse(labels)

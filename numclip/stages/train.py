@@ -35,7 +35,7 @@ from numclip.evaluation.plots import similarity_figure
 from numclip.models.backbone import backbone_config, create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.training.distributed import Dist, env_rank, init_distributed
-from numclip.training.objective import training_loss
+from numclip.training.objective import head_outputs, training_loss
 from numclip.training.resume import Checkpoints, ResumeMode, TrainState, UnusableCheckpoint, set_aside
 from numclip.training.schedules import make_optimizer, make_scheduler
 
@@ -266,8 +266,8 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
             with autocast(device):
                 features, prototypes = encoders(images)
                 features, labels = ctx.gather_batch(features), ctx.gather_batch(labels)
-                logits = model.logits(features, prototypes)
-            loss, terms = training_loss(model, features, prototypes, logits, labels, weights)
+                logits, fused = head_outputs(model, features, prototypes, labels, weights)
+            loss, terms = training_loss(model, features, prototypes, logits, labels, weights, fused)
             if not torch.isfinite(loss):
                 raise NumclipError(f"{method}: loss became {loss.item()} at epoch {epoch} step "
                                    f"{state.step}; lower the learning rates in train.lr")

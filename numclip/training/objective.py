@@ -53,12 +53,26 @@ TERMS: dict[str, Callable[[Batch], torch.Tensor]] = {  # in LossWeights' order, 
 }
 
 
+def head_outputs(model: RankPromptModel, features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
+                 weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, the terms computed with them): with the ranking CE on, the head and that loss are one
+    fused op (one pass from features to loss on CUDA; the same head-then-loss arithmetic elsewhere)."""
+    if weights.ranking_ce:
+        loss, logits = model.logits_and_ranking_ce(features, prototypes, model.class_targets(labels),
+                                                   weights.ranking_mode)
+        return logits, {"ranking_ce": loss}
+    return model.logits(features, prototypes), {}
+
+
 def training_loss(model: RankPromptModel, features: torch.Tensor, prototypes: torch.Tensor,
-                  logits: torch.Tensor, labels: torch.Tensor,
-                  weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(total loss, each enabled term) for one batch, computed in float32."""
+                  logits: torch.Tensor, labels: torch.Tensor, weights: LossWeights,
+                  fused: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(total loss, each enabled term) for one batch, computed in float32; `fused` holds the terms
+    `head_outputs` already computed."""
+    fused = fused or {}
     logits = logits.float()
     batch = Batch(model, features, prototypes, logits, labels, model.class_targets(labels), weights.ranking_mode)
-    terms = {name: term(batch) for name, term in TERMS.items() if getattr(weights, name)}
+    terms = {name: fused[name] if name in fused else term(batch) for name, term in TERMS.items()
+             if getattr(weights, name)}
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     return total, terms
