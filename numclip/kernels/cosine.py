@@ -49,11 +49,22 @@ class HeadConfig(NamedTuple):
         return f"b{self.block_b}d{self.block_d}w{self.num_warps}s{self.num_stages}"
 
 
-HEAD_CONFIGS = (HeadConfig(64, 64, 4, 3), HeadConfig(128, 64, 8, 3), HeadConfig(32, 64, 4, 2))
+LOGIT_TILE = 4096  # logits per program on 8 warps: 16 fp32 accumulators a thread, room for the CE epilogue
 
 
 def block_k(num_protos: int) -> int:
     return max(16, 1 << max(num_protos - 1, 0).bit_length())
+
+
+def head_configs(num_protos: int, dtype: torch.dtype) -> list[HeadConfig]:
+    """The launch configurations for K prototypes, the untimed default first: a [rows × K] logit tile of
+    at most 4096 fp32 accumulators on 8 warps (half of it on 4), at most 64 rows, D in steps of 64 while
+    K ≤ 32 and of 32 beyond; fp32, whose tf32x3 dot needs three times the operand registers, takes half
+    the rows. Chosen so that no configuration spills on sm_80 or sm_90 (tests/test_kernel_compile.py)."""
+    k = block_k(num_protos)
+    rows = min(64, LOGIT_TILE // k // (2 if dtype == torch.float32 else 1))
+    step = 64 if k <= 32 and dtype != torch.float32 else 32
+    return [HeadConfig(rows, step, 8, 2), HeadConfig(max(16, rows // 2), step, 4, 2)]
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -89,7 +100,6 @@ if triton is not None:
         row_mask, proto_mask = rows < n_rows, protos < n_protos
         acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
         f_sq = tl.zeros((BLOCK_B,), dtype=tl.float32)
-        t_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for start in range(0, width, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             col_mask = cols[None, :] < width
@@ -98,18 +108,15 @@ if triton is not None:
             t = tl.load(t_ptr + protos[:, None] * stride_t + cols[None, :], mask=proto_mask[:, None] & col_mask,
                         other=0.0)
             acc = tl.dot(f, tl.trans(t), acc, input_precision=PRECISION)
-            f32, t32 = f.to(tl.float32), t.to(tl.float32)
+            f32 = f.to(tl.float32)
             f_sq += tl.sum(f32 * f32, axis=1)
-            t_sq += tl.sum(t32 * t32, axis=1)
         f_norm = tl.maximum(tl.sqrt(f_sq), eps)
-        t_norm = tl.maximum(tl.sqrt(t_sq), eps)
+        t_norm = tl.load(t_norm_ptr + protos, mask=proto_mask, other=1.0)
         scale = tl.load(scale_ptr).to(tl.float32) if SCALE_FROM_PTR else scale_value
         out = (scale * acc / (f_norm[:, None] * t_norm[None, :])).to(out_ptr.dtype.element_ty)
         tile_mask = row_mask[:, None] & proto_mask[None, :]
         tl.store(out_ptr + rows[:, None].to(tl.int64) * n_protos + protos[None, :], out, mask=tile_mask)
         tl.store(f_norm_ptr + rows, f_norm, mask=row_mask)
-        if pid == 0:
-            tl.store(t_norm_ptr + protos, t_norm, mask=proto_mask)
         if HAS_CE:  # the ranking CE of the logits as stored, exactly what the separate ops would compute
             valid, ignored, c, norm = target_rows(target_ptr, rows, row_mask, n_protos, IGNORE)
             x = out.to(tl.float32)
@@ -125,7 +132,7 @@ if triton is not None:
             tl.store(partial_ptr + 2 * pid + 1, tl.sum(tl.where(row_mask & ~ignored, 1.0, 0.0), axis=0))
 
     @triton.jit
-    def _cosine_bwd_kernel(f_ptr, t_ptr, out_ptr, f_norm_ptr, t_norm_ptr, scale_ptr, scale_value, grad_ptr,
+    def _cosine_bwd_kernel(f_ptr, t_hat_ptr, out_ptr, f_norm_ptr, scale_ptr, scale_value, grad_ptr,
                            target_ptr, lse_ptr, up_ptr, up_stride, df_ptr, gs_ptr, col_ptr, r_ptr,
                            n_rows, n_protos, width, stride_f, stride_t, margin,
                            SCALE_FROM_PTR: tl.constexpr, HAS_GRAD: tl.constexpr, HAS_CE: tl.constexpr,
@@ -157,14 +164,12 @@ if triton is not None:
         tl.store(gs_ptr + tile, (g * inv_f[:, None]).to(gs_ptr.dtype.element_ty), mask=tile_mask)
         if NEED_DF:
             scale = tl.load(scale_ptr).to(tl.float32) if SCALE_FROM_PTR else scale_value
-            inv_t = 1.0 / tl.load(t_norm_ptr + protos, mask=proto_mask, other=1.0)
             g_dot = g.to(f_ptr.dtype.element_ty)
             for start in range(0, width, BLOCK_D):
                 cols = start + tl.arange(0, BLOCK_D)
                 col_mask = cols[None, :] < width
-                t = tl.load(t_ptr + protos[:, None] * stride_t + cols[None, :], mask=proto_mask[:, None] & col_mask,
-                            other=0.0).to(tl.float32)
-                t_hat = (t * inv_t[:, None]).to(f_ptr.dtype.element_ty)
+                t_hat = tl.load(t_hat_ptr + protos[:, None] * stride_t + cols[None, :],
+                                mask=proto_mask[:, None] & col_mask, other=0.0)
                 acc = tl.dot(g_dot, t_hat, input_precision=PRECISION)
                 offsets = rows[:, None].to(tl.int64) * stride_f + cols[None, :]
                 mask = row_mask[:, None] & col_mask
@@ -177,8 +182,8 @@ def _scale_args(scale: Optional[Tensor], scale_value: float, like: Tensor) -> tu
     return (like if scale is None else scale), scale_value
 
 
-def _tuned(op: str, features: Tensor, run) -> HeadConfig:
-    return pick(op, features, HEAD_CONFIGS, run)
+def _tuned(op: str, features: Tensor, protos: int, run) -> HeadConfig:
+    return pick(op, features, head_configs(protos, features.dtype), run)
 
 
 @torch.library.custom_op("numclip::cosine_forward", mutates_args=())
@@ -191,12 +196,11 @@ def cosine_forward(features: Tensor, prototypes: Tensor, scale: Optional[Tensor]
     device = features.device
     out = torch.empty(rows, protos, dtype=features.dtype, device=device)
     f_norm = torch.empty(rows, dtype=torch.float32, device=device)
-    t_norm = torch.zeros(protos, dtype=torch.float32, device=device)
+    t_norm = torch.linalg.vector_norm(prototypes.float(), dim=1).clamp_min(EPS)  # K × D: a small read
     has_ce = target is not None
     lse = torch.empty(rows if has_ce else 0, dtype=torch.float32, device=device)
     if rows == 0:
-        return out, f_norm, torch.linalg.vector_norm(prototypes.float(), dim=1).clamp_min(EPS), lse, \
-            lse.new_zeros(2 if has_ce else 0)
+        return out, f_norm, t_norm, lse, lse.new_zeros(2 if has_ce else 0)
     scale_arg, scale_value = _scale_args(scale, scale_value, t_norm)
 
     def run(config: HeadConfig) -> Tensor:
@@ -211,7 +215,7 @@ def cosine_forward(features: Tensor, prototypes: Tensor, scale: Optional[Tensor]
                 BLOCK_D=config.block_d, num_warps=config.num_warps, num_stages=config.num_stages)
         return partial.view(programs, 2).sum(0) if has_ce else partial
 
-    totals = run(_tuned("cosine_forward", features, run))
+    totals = run(_tuned("cosine_forward", features, protos, run))
     return out, f_norm, t_norm, lse, totals
 
 
@@ -240,6 +244,7 @@ def cosine_backward(features: Tensor, prototypes: Tensor, out: Tensor, f_norm: T
         return d_features, g_scaled, t_norm.new_zeros(protos), t_norm.new_zeros(())
     scale_arg, scale_value = _scale_args(scale, scale_value, t_norm)
     has_ce = target is not None
+    t_hat = (prototypes.float() / t_norm[:, None]).to(features.dtype)  # K × D, normalised once
 
     def run(config: HeadConfig) -> tuple[Tensor, Tensor]:
         programs = triton.cdiv(rows, config.block_b)
@@ -247,17 +252,17 @@ def cosine_backward(features: Tensor, prototypes: Tensor, out: Tensor, f_norm: T
         r = torch.empty(programs, dtype=torch.float32, device=device)
         with on_device(features):
             _cosine_bwd_kernel[(programs,)](
-                features, prototypes, out, f_norm, t_norm, scale_arg, scale_value,
+                features, t_hat, out, f_norm, scale_arg, scale_value,
                 out if grad_out is None else grad_out, target if has_ce else f_norm, lse if has_ce else f_norm,
                 upstream if has_ce else f_norm, 0 if not has_ce or upstream.numel() == 1 else 1,
-                d_features, g_scaled, columns, r, rows, protos, width, features.stride(0), prototypes.stride(0),
+                d_features, g_scaled, columns, r, rows, protos, width, features.stride(0), t_hat.stride(0),
                 margin, SCALE_FROM_PTR=scale is not None, HAS_GRAD=grad_out is not None, HAS_CE=has_ce, FIXED=fixed,
                 IGNORE=IGNORE_INDEX, NEED_DF=need_features, PRECISION=dot_precision(features.dtype),
                 BLOCK_B=config.block_b, BLOCK_K=block_k(protos), BLOCK_D=config.block_d,
                 num_warps=config.num_warps, num_stages=config.num_stages)
         return columns.sum(0)[:protos], r.sum()
 
-    columns, r = run(_tuned("cosine_backward", features, run))
+    columns, r = run(_tuned("cosine_backward", features, protos, run))
     return d_features, g_scaled, columns, r
 
 
@@ -286,7 +291,7 @@ def _backward(ctx, grad_out, _grad_f_norm, _grad_t_norm, _grad_lse, grad_totals)
         features, prototypes, out, f_norm, t_norm, scale, ctx.scale_value,
         None if grad_out is None else grad_out.contiguous(), target if has_ce else None, lse if has_ce else None,
         upstream, ctx.fixed, ctx.margin, need_f)
-    s = scale.float() if scale is not None else torch.tensor(ctx.scale_value, device=features.device)
+    s = scale.float() if scale is not None else ctx.scale_value
     d_prototypes = d_scale = None
     if need_t:
         t_hat = prototypes.float() / t_norm[:, None]
@@ -358,8 +363,8 @@ def cosine_ranking_cross_entropy(features: Tensor, prototypes: Tensor, logit_sca
     """(mean ranking-weighted CE in float32, logits [B, K]) of the cosine head, fused on GPU: one pass
     from features and prototypes to the loss, and one back to their gradients."""
     _check(features, prototypes)
-    probe = features.new_empty(features.shape[0], prototypes.shape[0])
-    check_inputs(probe, target, mode, ignore_index=True, host_checks=not torch.compiler.is_compiling())
+    logits_shape = torch.empty(features.shape[0], prototypes.shape[0], device="meta")
+    check_inputs(logits_shape, target, mode, ignore_index=True, host_checks=not torch.compiler.is_compiling())
     fixed = mode == "fixed"
     chosen = settle(_triton_fits(impl, prototypes), "cosine_ranking_cross_entropy", (features, prototypes),
                     (target,), {

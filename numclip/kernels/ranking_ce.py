@@ -14,6 +14,7 @@ kernel marks the row's loss and gradient NaN instead (the training loop stops on
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, NamedTuple
 
 import torch
@@ -29,8 +30,9 @@ except ImportError:  # a CPU-only torch build ships no triton: the PyTorch path 
     triton = None
 
 Reduction = Literal["mean", "sum", "none"]
-MAX_BLOCK_D = 4096  # columns per tile; longer rows loop over tiles with an online logsumexp
-TILE_ELEMENTS = (1024, 4096)  # the autotuner's choices of rows × columns per program
+MAX_BLOCK_D = 1024  # columns per tile; longer rows loop over tiles with an online logsumexp
+TILES = ((1024, 8), (512, 4))  # the autotuner's (rows × columns, warps): 4 logits a thread
+MAX_REGISTERS = 128  # an explicit budget: left alone, ptxas caps some 8-warp tiles at 64 and spills
 
 
 class TileConfig(NamedTuple):
@@ -46,12 +48,12 @@ class TileConfig(NamedTuple):
 def tile_configs(num_cols: int) -> list[TileConfig]:
     """The tiles the launcher may pick for rows of `num_cols` logits, the untimed default first."""
     block_d = min(1 << max(num_cols - 1, 1).bit_length(), MAX_BLOCK_D)
-    return [TileConfig(max(1, elements // block_d), block_d, 4 if elements <= 1024 else 8)
-            for elements in TILE_ELEMENTS]
+    return [TileConfig(max(1, elements // block_d), block_d, warps) for elements, warps in TILES]
 
 
 def row_alignment(stride: int, element_size: int) -> int:
-    """Elements every row start is a multiple of, up to one 16-byte vector (the load-width hint)."""
+    """The widest power of two of elements, up to one 16-byte vector, that `stride` is a multiple of. Of
+    gcd(row stride, row length) it is the load width the kernel may assume (its VEC)."""
     vector = 16 // element_size
     alignment = 1
     while alignment < vector and stride % (alignment * 2) == 0:
@@ -89,14 +91,15 @@ if triton is not None:
         return tl.where(valid, up, tl.where(ignored, 0.0, float("nan")))
 
     @triton.jit
-    def _ranking_ce_fwd_kernel(logits_ptr, stride, target_ptr, lse_ptr, loss_ptr, partial_ptr, n_rows, n_cols,
+    def _ranking_ce_fwd_kernel(logits_ptr, stride_vec, target_ptr, lse_ptr, loss_ptr, partial_ptr, n_rows, n_cols_vec,
                                margin, FIXED: tl.constexpr, PER_ROW: tl.constexpr, IGNORE: tl.constexpr,
-                               ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ROW_ALIGN: tl.constexpr):
+                               ROWS: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
         pid = tl.program_id(0)
+        stride, n_cols = stride_vec * VEC, n_cols_vec * VEC  # known multiples of VEC: VEC-wide loads
         rows = pid * ROWS + tl.arange(0, ROWS)
         row_mask = rows < n_rows
         valid, ignored, c, norm = target_rows(target_ptr, rows, row_mask, n_cols, IGNORE)
-        starts = tl.multiple_of(rows.to(tl.int64) * stride, ROW_ALIGN)
+        starts = rows.to(tl.int64) * stride
         running_max = tl.full((ROWS,), float("-inf"), tl.float32)
         running_sum = tl.zeros((ROWS,), tl.float32)
         true_logit = tl.zeros((ROWS,), tl.float32)
@@ -121,16 +124,18 @@ if triton is not None:
             tl.store(partial_ptr + 2 * pid + 1, tl.sum(tl.where(row_mask & ~ignored, 1.0, 0.0), axis=0))
 
     @triton.jit
-    def _ranking_ce_bwd_kernel(logits_ptr, stride, target_ptr, lse_ptr, up_ptr, up_stride, grad_ptr, n_rows, n_cols,
+    def _ranking_ce_bwd_kernel(logits_ptr, stride_vec, target_ptr, lse_ptr, up_ptr, up_stride, grad_ptr, n_rows,
+                               n_cols_vec,
                                margin, FIXED: tl.constexpr, IGNORE: tl.constexpr, ROWS: tl.constexpr,
-                               BLOCK_D: tl.constexpr, ROW_ALIGN: tl.constexpr):
+                               BLOCK_D: tl.constexpr, VEC: tl.constexpr):
         pid = tl.program_id(0)
+        stride, n_cols = stride_vec * VEC, n_cols_vec * VEC
         rows = pid * ROWS + tl.arange(0, ROWS)
         row_mask = rows < n_rows
         valid, ignored, c, norm = target_rows(target_ptr, rows, row_mask, n_cols, IGNORE)
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
         up = row_upstream(up_ptr, up_stride, rows, row_mask, valid, ignored)
-        starts = tl.multiple_of(rows.to(tl.int64) * stride, ROW_ALIGN)
+        starts = rows.to(tl.int64) * stride
         for start in range(0, n_cols, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             mask = row_mask[:, None] & (cols[None, :] < n_cols)
@@ -141,13 +146,17 @@ if triton is not None:
             tl.store(grad_ptr + offsets, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(kernel, logits: Tensor, config: TileConfig, *args, **constexprs) -> None:
-    rows, cols = logits.shape
-    grid = (triton.cdiv(rows, config.rows),)
+def vector_width(logits: Tensor) -> int:
+    """The kernels' VEC: the row stride and the row length are passed divided by it, so that the
+    compiler knows both are multiples of it and may load VEC logits at once."""
+    return row_alignment(math.gcd(logits.stride(0), logits.shape[1]), logits.element_size())
+
+
+def _launch(kernel, logits: Tensor, config: TileConfig, vec: int, *args, **constexprs) -> None:
+    grid = (triton.cdiv(logits.shape[0], config.rows),)
     with on_device(logits):
-        kernel[grid](*args, ROWS=config.rows, BLOCK_D=config.block_d,
-                     ROW_ALIGN=row_alignment(logits.stride(0), logits.element_size()),
-                     num_warps=config.num_warps, **constexprs)
+        kernel[grid](*args, ROWS=config.rows, BLOCK_D=config.block_d, VEC=vec, num_warps=config.num_warps,
+                     maxnreg=MAX_REGISTERS, **constexprs)
 
 
 def _tuned(op: str, logits: Tensor, run: Callable[[TileConfig], Tensor]) -> TileConfig:
@@ -167,8 +176,9 @@ def ranking_ce_forward(logits: Tensor, target: Tensor, fixed: bool, margin: floa
     def run(config: TileConfig) -> Tensor:
         programs = triton.cdiv(rows, config.rows)
         loss = torch.empty(rows if per_row else 2 * programs, dtype=torch.float32, device=logits.device)
-        _launch(_ranking_ce_fwd_kernel, logits, config, logits, logits.stride(0), target, lse, loss, loss, rows,
-                cols, margin, FIXED=fixed, PER_ROW=per_row, IGNORE=IGNORE_INDEX)
+        vec = vector_width(logits)
+        _launch(_ranking_ce_fwd_kernel, logits, config, vec, logits, logits.stride(0) // vec, target, lse, loss, loss,
+                rows, cols // vec, margin, FIXED=fixed, PER_ROW=per_row, IGNORE=IGNORE_INDEX)
         return loss if per_row else loss.view(programs, 2).sum(0)
 
     return run(_tuned("ranking_ce_forward", logits, run)), lse
@@ -191,8 +201,9 @@ def ranking_ce_backward(logits: Tensor, target: Tensor, lse: Tensor, upstream: T
     up_stride = 0 if upstream.numel() == 1 else 1
 
     def run(config: TileConfig) -> Tensor:
-        _launch(_ranking_ce_bwd_kernel, logits, config, logits, logits.stride(0), target, lse, upstream, up_stride,
-                grad, rows, cols, margin, FIXED=fixed, IGNORE=IGNORE_INDEX)
+        vec = vector_width(logits)
+        _launch(_ranking_ce_bwd_kernel, logits, config, vec, logits, logits.stride(0) // vec, target, lse, upstream,
+                up_stride, grad, rows, cols // vec, margin, FIXED=fixed, IGNORE=IGNORE_INDEX)
         return grad
 
     return run(_tuned("ranking_ce_backward", logits, run))
