@@ -178,10 +178,6 @@ if triton is not None:
                 tl.store(df_ptr + offsets, df.to(df_ptr.dtype.element_ty), mask=mask)
 
 
-def _scale_args(scale: Optional[Tensor], scale_value: float, like: Tensor) -> tuple[Tensor, float]:
-    return (like if scale is None else scale), scale_value
-
-
 def _tuned(op: str, features: Tensor, protos: int, run) -> HeadConfig:
     return pick(op, features, head_configs(protos, features.dtype), run)
 
@@ -201,7 +197,7 @@ def cosine_forward(features: Tensor, prototypes: Tensor, scale: Optional[Tensor]
     lse = torch.empty(rows if has_ce else 0, dtype=torch.float32, device=device)
     if rows == 0:
         return out, f_norm, t_norm, lse, lse.new_zeros(2 if has_ce else 0)
-    scale_arg, scale_value = _scale_args(scale, scale_value, t_norm)
+    scale_arg = t_norm if scale is None else scale  # any pointer will do where the scale is a kernel scalar
 
     def run(config: HeadConfig) -> Tensor:
         programs = triton.cdiv(rows, config.block_b)
@@ -242,7 +238,7 @@ def cosine_backward(features: Tensor, prototypes: Tensor, out: Tensor, f_norm: T
     g_scaled = torch.empty(rows, protos, dtype=features.dtype, device=device)
     if rows == 0:
         return d_features, g_scaled, t_norm.new_zeros(protos), t_norm.new_zeros(())
-    scale_arg, scale_value = _scale_args(scale, scale_value, t_norm)
+    scale_arg = t_norm if scale is None else scale  # any pointer will do where the scale is a kernel scalar
     has_ce = target is not None
     t_hat = (prototypes.float() / t_norm[:, None]).to(features.dtype)  # K × D, normalised once
 
