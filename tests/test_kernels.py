@@ -110,6 +110,16 @@ def test_ranking_ce_large_batch_with_a_grad_scaler_upstream(dtype):
     assert error.max() < 2 * torch.finfo(dtype).eps, error.max()
 
 
+def test_ranking_ce_of_a_strided_view():
+    """Logits sliced from a wider tensor (rows further apart than d) give the reference's gradient."""
+    wide, target = _ranking_case(8, 12, 9, torch.float32)
+    out, grad = _loss_and_grad(lambda x: ranking_weighted_cross_entropy(x[:, :7], target.clamp(max=6),
+                                                                        impl="triton"), wide)
+    ref, ref_grad = _loss_and_grad(lambda x: reference_ce(x[:, :7], target.clamp(max=6)), wide)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=1e-5)
+
+
 def test_ranking_ce_ignores_minus_100_like_cross_entropy():
     logits, target = _ranking_case(12, 7, 5, torch.float32, with_ignored=True)
     for reduction in ("mean", "sum", "none"):

@@ -243,8 +243,7 @@ def reduce_loss(totals_or_rows: Tensor, reduction: str, dtype: torch.dtype) -> T
 
 
 def triton_ranking_ce(logits: Tensor, target: Tensor, fixed: bool, margin: float, reduction: str) -> Tensor:
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
+    logits = logits.contiguous()  # the backward writes its gradient with the logits' row stride
     out, _ = ranking_ce_forward(logits, target.contiguous(), fixed, float(margin), reduction == "none")
     return reduce_loss(out, reduction, logits.dtype)
 
