@@ -78,7 +78,9 @@ def cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numclip"
 
 
+@lru_cache(maxsize=None)
 def device_name(device: torch.device) -> str:
+    """The GPU's name (asked of the driver once per device: every `auto` call builds a key with it)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
@@ -163,10 +165,12 @@ def on_device(tensor: torch.Tensor):
 
 
 def _forward_backward(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], object]:
-    """One timed step of a candidate: forward on copies of the inputs, and backward where they need it."""
-    copies = [x.detach().requires_grad_(x.requires_grad and torch.is_grad_enabled()) for x in inputs]
+    """One timed step of a candidate: forward on copies of the inputs, and backward where they need it
+    (the copies are made when it runs, so a remembered choice costs no tensor work)."""
+    grad = torch.is_grad_enabled()
 
     def step():
+        copies = [x.detach().requires_grad_(x.requires_grad and grad) for x in inputs]
         out = fn(*copies)
         if any(x.requires_grad for x in copies):
             torch.autograd.grad(out.float().sum(), [x for x in copies if x.requires_grad])
