@@ -24,6 +24,7 @@ from numclip.data.manifest import Manifest
 from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.evaluation.inference import autocast
 from numclip.models.backbone import Backbone
+from numclip.models.text import encode_token_ids
 
 FIELDS = ("image_url", "text", "number")
 LOWEST, HIGHEST = COUNTS[0], COUNTS[-1]
@@ -215,7 +216,7 @@ def _encode_texts(backbone: Backbone, captions: list[str], device: torch.device,
     for start in range(0, len(captions), batch_size):
         tokens = backbone.tokenizer(captions[start:start + batch_size]).to(device)
         with autocast(device):
-            chunks.append(backbone.model.encode_text(tokens).float().cpu())
+            chunks.append(encode_token_ids(backbone.model, tokens).float().cpu())
     return F.normalize(torch.cat(chunks), dim=-1)
 
 

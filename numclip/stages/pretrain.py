@@ -34,6 +34,7 @@ from numclip.losses.contrastive import clip_contrastive_loss
 from numclip.losses.counting import count_aware_clip_loss, counting_contrastive_loss
 from numclip.models.backbone import Backbone, create_backbone, resolve_device, save_backbone
 from numclip.models.ordinal import zero_shot_model
+from numclip.models.text import encode_token_ids
 from numclip.training.schedules import cosine_schedule
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps its temperature the same way
@@ -133,7 +134,7 @@ def _counting_loss(clip, backbone: Backbone, captions: list[str], image_features
     cf_features = image_features.new_zeros((0, m, image_features.shape[1]))
     if rows:
         with autocast(device):
-            encoded = clip.encode_text(backbone.tokenizer([f for fs in fakes for f in fs]).to(device))
+            encoded = encode_token_ids(clip, backbone.tokenizer([f for fs in fakes for f in fs]).to(device))
         cf_features = encoded.float().reshape(len(rows), m, -1)
     index = torch.tensor(rows, dtype=torch.long, device=device)
     return counting_contrastive_loss(image_features[index], text_features[index], cf_features,
@@ -166,7 +167,7 @@ def _contrastive(params: Params, backbone: Backbone, manifest, device: torch.dev
             caption_group = torch.tensor([groups[c] for c in captions], device=device)
             with autocast(device):
                 image_features = clip.encode_image(images.to(device)).float()
-                text_features = clip.encode_text(backbone.tokenizer(captions).to(device)).float()
+                text_features = encode_token_ids(clip, backbone.tokenizer(captions).to(device)).float()
             loss = clip_contrastive_loss(image_features, text_features, clip.logit_scale.exp(), caption_group)
             if count_weight > 0:
                 count_loss = _counting_loss(clip, backbone, captions, image_features, text_features,
