@@ -1,11 +1,14 @@
 """Time the default `dvc repro` from a clean clone, stage by stage, and check that a second run is a no-op.
 
-Usage: python benchmarks/pipeline_time.py [REPO]   (default: this repository; commit first)
-Writes benchmarks/results/pipeline_time.csv and prints a markdown table for the README.
+Usage: python benchmarks/pipeline_time.py [REPO] [--keep DIR]   (default: this repository; commit first)
+Writes benchmarks/results/pipeline_time.csv and prints a markdown table for the README. `--keep DIR`
+clones into DIR and leaves it there (its outputs and dvc.lock are a complete `dvc repro`).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import datetime
 import os
@@ -34,9 +37,14 @@ def cpu_name() -> str:
 
 
 def main() -> None:
-    repo = Path(sys.argv[1] if len(sys.argv) > 1 else HERE.parent).resolve()
-    with tempfile.TemporaryDirectory() as tmp:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repo", nargs="?", default=str(HERE.parent))
+    parser.add_argument("--keep", help="clone into this (new) folder and keep it")
+    args = parser.parse_args()
+    repo = Path(args.repo).resolve()
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as tmp:
         clone = Path(tmp) / "clone"
+        clone.parent.mkdir(parents=True, exist_ok=True)
         run(["git", "clone", "-q", str(repo), str(clone)], Path(tmp))
         stages = run(["dvc", "stage", "list", "--name-only"], clone).split()
         rows = []

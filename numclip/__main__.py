@@ -2,6 +2,6 @@
 
 import sys
 
-from numclip.cli import main
+from numclip.warm import main
 
 sys.exit(main())

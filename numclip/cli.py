@@ -27,6 +27,8 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="numclip", description=__doc__.splitlines()[0])
+    parser.add_argument("--warm", action="store_true", help="run in a fork of a process that has already "
+                        "imported torch and open_clip (what dvc.yaml uses; docs/pipeline.md, Warm processes)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="look at your images (a folder, a table or a list file) and write the "

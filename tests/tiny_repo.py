@@ -61,6 +61,7 @@ def make_tiny_repo(dst: Path, methods: list[str] | None = None) -> Path:
         node[keys[-1]] = value
     if methods is not None:
         params["methods"] = {name: params["methods"][name] for name in methods}
+        params["comparison"]["methods"] = [m for m in params["comparison"]["methods"] if m in methods]
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(dst, "init", "-q")
     git(dst, "add", "-A")

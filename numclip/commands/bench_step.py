@@ -24,13 +24,19 @@ from numclip.kernels import cosine_ranking_cross_entropy
 from numclip.models.backbone import create_backbone
 
 
+def random_images(visual: torch.nn.Module, batch: int, device: torch.device) -> torch.Tensor:
+    """A batch of random images at the image tower's input size: timing needs no data."""
+    size = visual.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, height, width, device=device)
+
+
 def step_share(device: torch.device, arch: str = "ViT-B-16", batch: int = 256, protos: int = 101,
                impl: str = "auto", budget_s: float = 1.0) -> dict[str, object]:
     """Median ms of a full step and of the head + loss alone, and their ratio."""
     torch.manual_seed(0)
     visual = create_backbone(ModelConfig(arch=arch)).model.visual.to(device).train()
-    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
-    images = torch.randn(batch, 3, size, size, device=device)
+    images = random_images(visual, batch, device)
     target = torch.randint(0, protos, (batch,), device=device)
     width = visual.output_dim
     prototypes = torch.randn(protos, width, device=device, requires_grad=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from numclip.core.errors import NumclipError
 
+WARM_FLAG = "--warm"  # numclip.warm's flag: a stage run in this process needs no warm server
+
 
 @dataclass(frozen=True)
 class PipelineStage:
@@ -70,7 +72,8 @@ def run_pipeline(run_numclip: Callable[[list[str]], int], common: list[str], met
             if subprocess.run(stage.cmd, shell=True).returncode != 0:
                 raise NumclipError(f"stage {stage.name} failed: {stage.cmd}")
             continue
-        args = _restricted(argv[1:], methods)
+        args = argv[2:] if argv[1:2] == [WARM_FLAG] else argv[1:]  # this process is warm already
+        args = _restricted(args, methods)
         if args is None:
             continue
         log(f"== {stage.name}: numclip {shlex.join(args)}")

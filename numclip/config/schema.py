@@ -251,6 +251,9 @@ class PlainBackboneConfig(Section):
     root: str = "comparison/plain"  # outside models/ and metrics/, which evaluate and `dvc metrics` read
 
 
+COMPARED_METHODS = ("zeroshot", "coop")  # the zero-shot prior and one prompt learner: what the twin trains
+
+
 class ComparisonConfig(Section):
     """Which baseline backbones the counting comparison trains. dvc.yaml makes the comparison's stages
     from this list, so with [] none of them exists; params.yaml must spell it out for DVC."""
@@ -258,6 +261,9 @@ class ComparisonConfig(Section):
     backbones: Optional[list[Literal["plain"]]] = Field(
         None, description="[plain]: compare with the plain-CLIP-loss twin; []: no comparison; "
         "null (outside DVC): [plain] when the count-aware loss is on")
+    methods: Optional[list[str]] = Field(
+        None, description="the methods trained on the twin too (stages train_plain@...); null (outside "
+        f"DVC): {', '.join(COMPARED_METHODS)} where methods defines them")
 
 
 class CountingEvalConfig(Section):
@@ -324,6 +330,12 @@ class Params(Section):
     @model_validator(mode="after")
     def _comparison_has_a_difference(self) -> "Params":
         """An unlisted comparison follows the task; a listed one needs a counting loss to compare."""
+        unknown = [m for m in self.comparison.methods or [] if m not in self.methods]
+        if unknown:
+            raise ValueError(f"comparison.methods lists {unknown}, which methods does not define "
+                             f"(known: {', '.join(self.methods)})")
+        if self.comparison.methods is None:
+            self.comparison.methods = [m for m in COMPARED_METHODS if m in self.methods]
         listed = self.comparison.backbones
         if listed is None:
             self.comparison.backbones = ["plain"] if self.count_loss_weight > 0 else []

@@ -21,15 +21,26 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
+def inference_prototypes(model: RankPromptModel, device: torch.device) -> torch.Tensor:
+    """The text prototypes as inference uses them (eval mode, autocast): encoded once per pass."""
+    was_training = model.training
+    model.eval()
+    with autocast(device):
+        prototypes = model.prototypes()
+    model.train(was_training)
+    return prototypes
+
+
+@torch.no_grad()
 def collect_logits(model: RankPromptModel, dataset: Dataset, batch_size: int, device: torch.device,
                    prototypes: Optional[torch.Tensor] = None,
                    num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, K] (float32, CPU) and targets [N] of a whole dataset, prototypes computed once."""
+    if prototypes is None:
+        prototypes = inference_prototypes(model, device)
     was_training = model.training
     model.eval()
     with autocast(device):
-        if prototypes is None:
-            prototypes = model.prototypes()
         logits, targets = [], []
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for images, labels in progress(loader, f"inference ({len(dataset)} images)"):

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 
 def _as_int_labels(name: str, values: Any, num_ranks: int) -> np.ndarray:
@@ -28,6 +27,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     # Undefined for fewer than two samples or a constant side; checked up front to avoid scipy warnings.
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return None
+    from scipy import stats  # a second of import time, paid only by what computes a correlation
+
     rho = float(stats.spearmanr(a, b).statistic)
     return rho if np.isfinite(rho) else None
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not by every stage that imports this
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 from numclip.core.atomic import atomic_path
 
@@ -52,6 +54,8 @@ def _rank_ticks(ax: Axes, names: list[str], y: bool = True) -> None:
 def _heatmap(matrix: np.ndarray, labels: Sequence[str] | None, cbar_label: str, fmt: str, **imshow: Any) -> Figure:
     k = matrix.shape[0]
     names = _tick_names(k, labels)  # validate before a figure exists, so errors leak none
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 6) if k <= _ANNOTATE_MAX_K else (9, 8), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, interpolation="nearest", **imshow)
@@ -88,6 +92,8 @@ def per_rank_error_figure(
     if counts is not None and counts.shape != (k,):
         raise ValueError(f"per_rank_count must have {k} entries, got shape {counts.shape}")
     ranks = np.arange(k)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, 4.5) if k <= _ANNOTATE_MAX_K else (11, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.bar(ranks, np.nan_to_num(mae), color="tab:blue", label="MAE (argmax)")

@@ -116,7 +116,9 @@ def _evaluate_backbone(name: str, params: Params, manifest: Manifest, synthetic:
     result["attributes"] = _attributes(params, backbone, manifest, device)
     del backbone
     result["zero_shot_rank"] = zero_shot_rank(params.pretrain.metrics)
-    result["methods"] = {m: method_metrics(params, m, manifest, device) for m in params.methods}
+    compared = params.methods if name == "count_aware" else params.comparison.methods
+    result["methods"] = {m: method_metrics(params, m, manifest, device) if m in compared else None
+                         for m in params.methods}  # a twin's model of a method not compared may be stale
     return result, rows
 
 

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
-from numclip.config import Params, SubsetConfig
+from numclip.config import LossWeights, Params, SubsetConfig
 from numclip.config.paths import model_path
 from numclip.core.atomic import write_csv, write_json
 from numclip.core.errors import NumclipError
@@ -29,7 +29,7 @@ from numclip.data.manifest import load_checked_manifest
 from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
 from numclip.data.samplers import class_balanced_weights, distribution_shift, few_shot
 from numclip.evaluation.diagnosis import TRAIN_HINT, learning_warnings, report
-from numclip.evaluation.inference import autocast, collect_logits, metrics_from_logits
+from numclip.evaluation.inference import autocast, collect_logits, inference_prototypes, metrics_from_logits
 from numclip.evaluation.metrics import similarity_matrix
 from numclip.evaluation.plots import similarity_figure
 from numclip.models.backbone import backbone_config, create_backbone, resolve_device
@@ -65,9 +65,8 @@ def training_subset(manifest: Manifest, cfg: SubsetConfig) -> tuple[Manifest, Op
     return dataclasses.replace(manifest, rows=rows), report.as_dict()
 
 
-def _log_prototypes(writer: SummaryWriter, model: RankPromptModel, step: int) -> None:
-    with torch.no_grad():
-        sim = similarity_matrix(model.prototypes().float().cpu())
+def _log_prototypes(writer: SummaryWriter, model: RankPromptModel, prototypes: torch.Tensor, step: int) -> None:
+    sim = similarity_matrix(prototypes.float().cpu())
     words = model.card.prompt_words
     axis = "rank" if len(words) == model.num_ranks else "concept"
     writer.add_figure("prototypes/similarity", similarity_figure(sim, labels=words, axis=axis), global_step=step)
@@ -122,13 +121,14 @@ def _train(params: Params, method: str, log: Callable[[str], None], resume: Resu
 
     def validate(epoch: int, step: int) -> dict[str, Any]:
         shard = Subset(val_set, ctx.shard(len(val_set)))
-        logits, targets = collect_logits(model, shard, params.evaluate.batch_size, device)
+        prototypes = inference_prototypes(model, device)  # for the logits and the figure alike
+        logits, targets = collect_logits(model, shard, params.evaluate.batch_size, device, prototypes)
         logits, targets = ctx.gather_interleaved(logits), ctx.gather_interleaved(targets)
         metrics = metrics_from_logits(model, logits, targets)
         for key in VAL_KEYS:
             writer.add_scalar(f"val/{key}", metrics[key], step)
         if ctx.is_main:
-            _log_prototypes(writer, model, step)
+            _log_prototypes(writer, model, prototypes, step)
         return metrics
 
     if checkpoints:
@@ -230,6 +230,34 @@ def _parallel(model: RankPromptModel, ctx: Dist, device: torch.device, frozen_bn
     return DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def training_step(model: RankPromptModel, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor, labels: torch.Tensor,
+                  weights: LossWeights, encoders: Optional[nn.Module] = None, ctx: Optional[Dist] = None,
+                  name: str = "training", at: str = "this step") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step on a batch already on the device: both towers under autocast, the head
+    and the enabled loss terms (numclip.training.objective), backward, the optimizer and the schedule.
+
+    `encoders` is what `_parallel` returns (default: the model's own towers) and `ctx` the process
+    group (default: one process); under torchrun the features and labels are gathered into the global
+    batch before the head. A non-finite loss stops the run before any update, with a NumclipError
+    naming `name` and `at`. Returns (total loss, each enabled term). `_fit` and
+    benchmarks/step_throughput.py both run it, so the benchmark times the training code itself."""
+    encoders = _Encoders(model) if encoders is None else encoders
+    ctx = Dist() if ctx is None else ctx
+    with autocast(images.device):
+        features, prototypes = encoders(images)
+        features, labels = ctx.gather_batch(features), ctx.gather_batch(labels)
+        logits, fused = head_outputs(model, features, prototypes, labels, weights)
+    loss, terms = training_loss(model, features, prototypes, logits, labels, weights, fused)
+    if not torch.isfinite(loss):
+        raise NumclipError(f"{name}: loss became {loss.item()} at {at}; lower the learning rates in train.lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss, terms
+
+
 def _fit(params: Params, method: str, model: RankPromptModel, manifest, preprocess, device,
          ctx: Dist, writer, validate, checkpoints: Checkpoints, state: TrainState, log) -> None:
     cfg = params.train
@@ -263,18 +291,8 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
         bar = progress(loader, f"{method} epoch {epoch}/{cfg.epochs}", len(batches), ctx.is_main)
         for images, labels in bar:
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
-            with autocast(device):
-                features, prototypes = encoders(images)
-                features, labels = ctx.gather_batch(features), ctx.gather_batch(labels)
-                logits, fused = head_outputs(model, features, prototypes, labels, weights)
-            loss, terms = training_loss(model, features, prototypes, logits, labels, weights, fused)
-            if not torch.isfinite(loss):
-                raise NumclipError(f"{method}: loss became {loss.item()} at epoch {epoch} step "
-                                   f"{state.step}; lower the learning rates in train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss, terms = training_step(model, optimizer, scheduler, images, labels, weights, encoders, ctx,
+                                        name=method, at=f"epoch {epoch} step {state.step}")
             state.step += 1
             state.losses.append(loss.item())  # the global batch's: the same on every rank
             writer.add_scalar("train/loss", loss.item(), state.step)
