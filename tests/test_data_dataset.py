@@ -1,5 +1,6 @@
 """The torch Dataset over a manifest split, and image loading errors."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -7,6 +8,7 @@ from PIL import Image
 from numclip.core.errors import NumclipError
 from numclip.data import ImageRankDataset, load_image
 from numclip.data.manifest import Manifest, ManifestRow
+from numclip.data.order import SeededFlip
 
 
 @pytest.fixture
@@ -44,3 +46,27 @@ def test_empty_split_and_unreadable_image(manifest, tmp_path):
         load_image(tmp_path / "bad.png")
     with pytest.raises(NumclipError, match="cannot read image .*missing.png"):
         load_image(tmp_path / "missing.png")
+
+
+def test_the_cache_returns_what_the_transform_gave_within_its_budget(manifest):
+    calls = []
+
+    def transform(image):
+        calls.append(image.size)
+        return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32))
+
+    uncached = ImageRankDataset(manifest, "train", transform)
+    one_image = uncached[0][0].nelement() * 4
+    cached = ImageRankDataset(manifest, "train", transform, cache_bytes=one_image)  # room for one image
+    calls.clear()
+    first = [cached[i][0] for i in (0, 1, 0, 1)]
+    assert len(calls) == 3, "image 0 is kept, image 1 does not fit and is transformed each time"
+    assert first[0] is first[2] and torch.equal(first[1], first[3])
+    for i in (0, 1):
+        assert torch.equal(cached[i][0], uncached[i][0]) and cached[i][1] == uncached[i][1]
+    flips = SeededFlip(ImageRankDataset(manifest, "train", transform, cache_bytes=10 * one_image), seed=0)
+    plain = SeededFlip(ImageRankDataset(manifest, "train", transform), seed=0)
+    for epoch in range(4):  # both orientations are kept apart
+        flips.epoch = plain.epoch = epoch
+        for i in (0, 1):
+            assert torch.equal(flips[i][0], plain[i][0])

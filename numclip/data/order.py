@@ -66,7 +66,10 @@ class SeededFlip(Dataset):
         return self.enabled and bool(np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.base.image(index)
-        if self.flips(index):
-            image = ImageOps.mirror(image)
-        return self.base.transform(image), self.base.rows[index].label
+        flipped = self.flips(index)
+
+        def make() -> torch.Tensor:
+            image = self.base.image(index)
+            return self.base.transform(ImageOps.mirror(image) if flipped else image)
+
+        return self.base.cache.get((index, flipped), make), self.base.rows[index].label

@@ -39,6 +39,8 @@ from numclip.training.objective import head_outputs, training_loss
 from numclip.training.resume import Checkpoints, ResumeMode, TrainState, UnusableCheckpoint, set_aside
 from numclip.training.schedules import make_optimizer, make_scheduler
 
+# Train and val images, transformed, kept in memory (each set): the same tensors every epoch, decoded once.
+IMAGE_CACHE_BYTES = 512 * 2**20
 LOWER_IS_BETTER = {"mae_argmax": True, "mae_expectation": True, "accuracy": False}
 VAL_KEYS = ("mae_argmax", "mae_expectation", "accuracy", "off_by_one")  # logged and kept per epoch
 
@@ -109,7 +111,7 @@ def _train(params: Params, method: str, log: Callable[[str], None], resume: Resu
     manifest, subset = training_subset(load_checked_manifest(params), cfg.subset)
     backbone = create_backbone(backbone_config(params), device)
     model = build_model(params, method, backbone)
-    val_set = ImageRankDataset(manifest, cfg.select_split, backbone.preprocess)
+    val_set = ImageRankDataset(manifest, cfg.select_split, backbone.preprocess, IMAGE_CACHE_BYTES)
     out_path = model_path(params, method)
     say = log if ctx.is_main else _quiet
     trained = method_cfg.trains
@@ -268,7 +270,7 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
     if cfg.batch_size % ctx.world_size:
         raise NumclipError(f"train.batch_size {cfg.batch_size} is the global batch: it must divide by the "
                            f"{ctx.world_size} processes torchrun started")
-    train_set = SeededFlip(ImageRankDataset(manifest, "train", preprocess), cfg.seed, cfg.hflip)
+    train_set = SeededFlip(ImageRankDataset(manifest, "train", preprocess, IMAGE_CACHE_BYTES), cfg.seed, cfg.hflip)
     labels = [r.label for r in train_set.base.rows]
     draw_weights = class_balanced_weights(labels, manifest.num_ranks) if cfg.class_balanced else None
     n = len(train_set)
