@@ -167,14 +167,15 @@ def test_prototype_cache_reencodes_only_changed_prompts(run_dir, monkeypatch):
 
 
 def test_run_compares_the_count_aware_and_plain_backbones(run_dir):
-    """`numclip run` also pretrains the plain-loss baseline, trains every method on it, and ends with
-    the counting comparison of the two backbones."""
+    """`numclip run` also pretrains the plain-loss baseline, trains the methods of comparison.methods on
+    it (zero-shot and CoOp), and ends with the counting comparison of the two backbones."""
     counting = json.loads((run_dir / "metrics" / "counting.json").read_text())
     assert set(counting) == {"count_aware", "plain"}
     for backbone in ("count_aware", "plain"):
         synthetic = counting[backbone]["synthetic"]
         assert synthetic["n"] > 0 and 0 <= synthetic["accuracy"] <= 1
         assert all(counting[backbone]["methods"][m] is not None for m in ("zeroshot", "coop"))
+    assert all(v is None for m, v in counting["plain"]["methods"].items() if m not in ("zeroshot", "coop"))
     plain = json.loads((run_dir / "comparison" / "plain" / "metrics" / "pretrain.json").read_text())
     assert plain["source"].startswith("contrastive (plain CLIP loss)")
     assert (run_dir / "comparison" / "plain" / "models" / "coop.safetensors").is_file()

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from numclip.config.schema import COMPARED_METHODS
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     ("data", "num_ranks"): 4,
@@ -23,7 +25,7 @@ TINY = {
 }
 METHODS = ["zeroshot", "coop", "ordinalclip", "ordinalclip_l2r", "numclip_faithful", "numclip_fixed"]
 STAGES = ["ingest", "pretrain", "pretrain_plain@plain", "prototypes", *[f"train@{m}" for m in METHODS],
-          *[f"train_plain@plain-{m}" for m in METHODS], "evaluate", "counting@plain"]
+          *[f"train_plain@plain-{m}" for m in COMPARED_METHODS], "evaluate", "counting@plain"]
 
 
 def git(cwd: Path, *args: str) -> None:
