@@ -50,7 +50,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == [FLAG]:
         args = args[1:]
         if _warm_allowed():
-            code = run_warm(args)
+            try:
+                code = run_warm(args)
+            except KeyboardInterrupt:  # Ctrl-C while the first server was still importing
+                return 130
             if code is not None:
                 return code
     from numclip.cli import main as cli_main
