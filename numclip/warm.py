@@ -255,14 +255,15 @@ def _fork_child(conn: socket.socket, listener: socket.socket) -> Optional[int]:
 
 def _watch(conn: socket.socket, pid: int, active: set[int]) -> None:
     """Report the child's exit code; kill it if its caller goes away first."""
-    status = None
-    while status is None:
+    done, raw = 0, 0
+    while not done:
         ready, _, _ = select.select([conn], [], [], 0.2)
-        if ready and not conn.recv(1):
+        if ready and not conn.recv(1):  # the caller is gone: nothing will read the result
             _signal_group(pid, signal.SIGKILL)
-        done, raw = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = os.waitstatus_to_exitcode(raw)
+            done, raw = os.waitpid(pid, 0)
+        else:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+    status = os.waitstatus_to_exitcode(raw)
     code = status if status >= 0 else 128 - status
     try:
         conn.sendall((json.dumps({"exit": code}) + "\n").encode())
