@@ -39,7 +39,7 @@ from numclip.core.atomic import atomic_path, write_csv, write_json
 from numclip.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
 from numclip.evaluation.plots import save_figure
 from numclip.models.card import BackboneCard, ModelCard
-from numclip.models.head import load_prototypes, save_prototypes
+from numclip.models.head import load_head, save_prototypes
 from numclip.models.ordinal import read_model_card, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ READERS: dict[str, Callable[[Path], object]] = {
     "json": lambda p: json.loads(p.read_text()),
     "csv": lambda p: p.read_text().splitlines()[ROWS],
     "manifest": read_manifest,
-    "prototypes": load_prototypes,
+    "prototypes": load_head,
     "checkpoint": lambda p: (read_model_card(p), load_file(str(p))),
     "png": lambda p: Image.open(p).load(),
 }

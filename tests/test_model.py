@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from numclip.config import ModelConfig, load_params
 from numclip.core.errors import NumclipError
 from numclip.models.backbone import create_backbone, load_weights_file
-from numclip.models.head import cosine_logits, load_prototypes, save_prototypes
+from numclip.models.head import cosine_logits, head_logits, load_head, save_prototypes
 from numclip.models.ordinal import build_model, load_model, save_model
 
 
@@ -49,7 +49,7 @@ def test_parameter_groups_freeze_text_encoder(tiny_backbone):
     assert groups["image_encoder"]["lr"] == params.train.lr.image_encoder
 
 
-@pytest.mark.parametrize("method", ["zeroshot", "coop", "ordinalclip"])
+@pytest.mark.parametrize("method", ["zeroshot", "coop", "ordinalclip", "linear_probe"])
 def test_save_load_and_prototype_only_inference(tiny_backbone, tmp_path, method):
     params = load_params(None)
     model = build_model(params, method, tiny_backbone).eval()
@@ -63,11 +63,13 @@ def test_save_load_and_prototype_only_inference(tiny_backbone, tmp_path, method)
     loaded = load_model(tmp_path / "m.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), full, rtol=0, atol=0)
-        save_prototypes(tmp_path / "head.safetensors", model.prototypes(), float(model.logit_scale()), {"m": method})
-    prototypes, scale, meta = load_prototypes(tmp_path / "head.safetensors")
-    assert meta == {"m": method} and prototypes.shape == (10, 128)
+        save_prototypes(tmp_path / "head.safetensors", model.prototypes(), float(model.logit_scale()), {"m": method},
+                        bias=model.head_bias())
+    head = load_head(tmp_path / "head.safetensors")
+    assert head.metadata == {"m": method} and head.prototypes.shape == (10, 128)
+    assert (head.bias is None) == (model.head_bias() is None)
     with torch.no_grad():
-        head_only = cosine_logits(loaded.encode_image(images), prototypes, scale)
+        head_only = head_logits(loaded.encode_image(images), head.prototypes, head.scale, head.bias)
     torch.testing.assert_close(head_only, full, rtol=1e-5, atol=1e-5)
 
 

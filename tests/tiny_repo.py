@@ -23,7 +23,7 @@ TINY = {
     ("task", "concepts", "edges"): [0, 1, 2],  # 4 ranks: {1} {2} {3, 4}
     ("task", "concepts", "names"): ["a single", "a couple of", "a few"],
 }
-METHODS = ["zeroshot", "coop", "ordinalclip", "ordinalclip_l2r", "numclip_faithful", "numclip_fixed"]
+METHODS = ["zeroshot", "coop", "ordinalclip", "ordinalclip_l2r", "numclip_faithful", "numclip_fixed", "linear_probe"]
 STAGES = ["ingest", "pretrain", "pretrain_plain@plain", "prototypes", *[f"train@{m}" for m in METHODS],
           *[f"train_plain@plain-{m}" for m in COMPARED_METHODS], "evaluate", "counting@plain"]
 

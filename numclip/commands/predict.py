@@ -24,7 +24,7 @@ from numclip.core.text import printable
 from numclip.data import load_image
 from numclip.data.sources import IMAGE_EXTENSIONS
 from numclip.evaluation.inference import autocast
-from numclip.models.head import cosine_logits, load_prototypes
+from numclip.models.head import ExportedHead, head_logits, load_head
 from numclip.models.ordinal import RankPromptModel, load_model
 from numclip.models.readouts import probabilities
 
@@ -113,23 +113,26 @@ class Predictor:
         self.device = torch.device(device)
         self.model: RankPromptModel = load_model(model_file, self.device)
         if head_file is not None:
-            prototypes, self.scale, meta = load_prototypes(head_file)
+            self.head = load_head(head_file)
             expected = (len(self.model.card.prompt_words), self.model.embed_dim)
-            if tuple(prototypes.shape) != expected:
-                raise NumclipError(f"{head_file} holds {prototypes.shape[0]} prototypes of width {prototypes.shape[1]} "
+            if tuple(self.head.prototypes.shape) != expected:
+                got = self.head.prototypes.shape
+                raise NumclipError(f"{head_file} holds {got[0]} prototypes of width {got[1]} "
                                    f"but {model_file} has {expected[0]} prompts of width {expected[1]}: "
                                    "give the head exported with this model")
-            self.prototypes = prototypes.to(self.device)
         else:
             with torch.no_grad():
-                self.prototypes = self.model.prototypes().float()
-                self.scale = float(self.model.logit_scale())
+                self.head = ExportedHead(self.model.prototypes().float(), float(self.model.logit_scale()),
+                                         self.model.head_bias(), {})
+        self.head.prototypes = self.head.prototypes.to(self.device)
+        if self.head.bias is not None:
+            self.head.bias = self.head.bias.detach().float().to(self.device)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self.device):
             features = self.model.encode_image(images.to(self.device))
-        return cosine_logits(features.float(), self.prototypes, self.scale)
+        return head_logits(features.float(), self.head.prototypes, self.head.scale, self.head.bias)
 
     def iter_predict(self, paths: Iterable[Path], batch_size: int = 64) -> Iterator[Prediction]:
         """Predictions in input order, one batch at a time: `paths` is read at most one batch ahead."""

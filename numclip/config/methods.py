@@ -8,7 +8,7 @@ same names; adding a learner is one class here and one there (docs/architecture.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, NewType, Optional, Union, get_args
 
 from pydantic import Field, TypeAdapter, model_validator
 
@@ -17,6 +17,8 @@ from numclip.config.section import MAX_RANKS, Section
 HeadName = Literal["ranks", "concepts"]  # concepts: NumCLIP's coarse-to-fine head
 HEADS = get_args(HeadName)  # numclip.models.ordinal.HEADS builds them
 CONCEPT_HEAD_KEYS = ("adapter_alpha", "regressor_anchor", "regressor_shift")
+
+TermSetting = NewType("TermSetting", float)  # a loss term's numeric setting: not a weight, not in TERMS
 
 
 class LossWeights(Section):
@@ -28,13 +30,28 @@ class LossWeights(Section):
     ranking_kl: float = Field(0.0, ge=0)  # NumCLIP's text->image ranking-weighted KL
     regression: float = Field(0.0, ge=0)  # L1 on the fine regressor (concept head only)
     pairwise: float = Field(0.0, ge=0)  # L2RCLIP's cross-modal ordinal pairwise loss
+    soft_ce: float = Field(0.0, ge=0)  # cross-entropy against Gaussian soft labels around the head's class
+    dldl: float = Field(0.0, ge=0)  # DLDL-v2: KL to the Gaussian soft labels + dldl_expectation * |E[k] - y|
+    # The terms' settings, typed TermSetting (a float) so that the plain floats are exactly the weights (TERMS).
     ranking_mode: Literal["faithful", "fixed"] = "faithful"
+    soft_sigma: TermSetting = Field(1.0, gt=0)  # soft_ce and dldl: the soft labels' sigma, in the head's classes
+    dldl_expectation: TermSetting = Field(1.0, ge=0)  # dldl: the weight of its expectation term
+    class_weights: Literal["none", "inverse", "inverse_sqrt"] = "none"  # ce and soft_ce: 1/n_k or 1/sqrt(n_k)
 
     @model_validator(mode="after")
     def _something_to_minimise(self) -> "LossWeights":
-        terms = ("ce", "kl", "ranking_ce", "ranking_kl", "regression", "pairwise")
+        terms = ("ce", "kl", "ranking_ce", "ranking_kl", "regression", "pairwise", "soft_ce", "dldl")
         if all(getattr(self, t) == 0 for t in terms):
             raise ValueError(f"every loss weight ({', '.join(terms)}) is 0: nothing would be trained")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_apply(self) -> "LossWeights":
+        """A setting changed for terms that are all off would silently do nothing."""
+        used_by = {"soft_sigma": ("soft_ce", "dldl"), "dldl_expectation": ("dldl",), "class_weights": ("ce", "soft_ce")}
+        for key, terms in used_by.items():
+            if getattr(self, key) != type(self).model_fields[key].default and not any(getattr(self, t) for t in terms):
+                raise ValueError(f"{key} only applies to {' and '.join(terms)}, whose weights are 0")
         return self
 
 
@@ -124,8 +141,24 @@ class InterpolatedMethod(ContextMethod):
         return self
 
 
-MethodConfig = Annotated[Union[FixedMethod, PlainMethod, InterpolatedMethod], Field(discriminator="learner")]
-METHOD_VARIANTS = {"fixed": FixedMethod, "plain": PlainMethod, "interpolated": InterpolatedMethod}
+class ProbeMethod(MethodBase):
+    """The language-free baseline every published table reports: the image encoder with a trained head
+    over the K ranks, its weights initialised at random (no text encoder is ever run)."""
+
+    learner: Literal["probe"]
+    probe: Literal["linear", "cosine"] = "linear"  # linear: W f + b; cosine: s cos(f, w_k), as the other heads
+
+    @model_validator(mode="after")
+    def _rank_head(self) -> "ProbeMethod":
+        if self.head != "ranks":
+            raise ValueError("learner: probe has one weight vector per rank: use head: ranks")
+        return self
+
+
+MethodConfig = Annotated[Union[FixedMethod, PlainMethod, InterpolatedMethod, ProbeMethod],
+                         Field(discriminator="learner")]
+METHOD_VARIANTS = {"fixed": FixedMethod, "plain": PlainMethod, "interpolated": InterpolatedMethod,
+                   "probe": ProbeMethod}
 _ADAPTER: TypeAdapter = TypeAdapter(MethodConfig)
 
 
@@ -157,4 +190,5 @@ def default_methods() -> dict[str, MethodBase]:
                                          loss=LossWeights(pairwise=1.0)),
         "numclip_faithful": method_config(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="faithful")),
         "numclip_fixed": method_config(**numclip, loss=LossWeights(**NUMCLIP_LOSS, ranking_mode="fixed")),
+        "linear_probe": method_config(learner="probe", loss=LossWeights(kl=0.0)),
     }

@@ -83,11 +83,28 @@ class DataConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- model
+ImageEncoder = Literal["vgg16", "resnet50"]  # torchvision CNNs that can replace the arch's image tower
+
+
 class ModelConfig(Section):
-    arch: str = "numclip-tiny"
+    arch: str = Field("numclip-tiny", description="the open_clip architecture; with image_encoder, the one "
+                      "whose text tower, tokenizer and logit scale are used")
     pretrained: Optional[str] = Field(
         None, description="an open_clip pretrained tag (e.g. 'openai') or a local .safetensors/.pt file")
+    image_encoder: Optional[ImageEncoder] = Field(
+        None, description="a torchvision CNN (vgg16: fc7, 4096-d; resnet50: pooled, 2048-d) with a new "
+        "linear projection in place of the arch's image tower; null: the arch's own tower")
+    image_weights: Optional[str] = Field(
+        None, description="with image_encoder: its torchvision-layout state dict (.safetensors, or .pt/.pth "
+        "loaded with weights_only), e.g. an ImageNet or IMDB-WIKI VGG-16; null: random init")
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _weights_need_an_encoder(self) -> "ModelConfig":
+        if self.image_weights is not None and self.image_encoder is None:
+            raise ValueError("model.image_weights is set but model.image_encoder is not: the weights are "
+                             "for a CNN image encoder (set model.image_encoder: vgg16 or resnet50)")
+        return self
 
 
 class ConceptConfig(Section):
@@ -285,15 +302,79 @@ class PrototypesConfig(Section):
     metrics: str = output_path("metrics/prototypes.json", "prototypes")
 
 
+# The comparison table's columns: name -> (header, section of metrics/eval/<method>.json, key). `test_cs@k`
+# (the share of test images off by at most k ranks) exists for every k of evaluate.cs_k.
+COMPARISON_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "val_mae": ("val MAE", "val", "mae_argmax"),
+    "test_mae": ("test MAE (argmax)", "test", "mae_argmax"),
+    "test_mae_expectation": ("test MAE (expectation)", "test", "mae_expectation"),
+    "test_mae_median": ("test MAE (median)", "test", "mae_median"),
+    "test_accuracy": ("test accuracy", "test", "accuracy"),
+    "test_off_by_one": ("test off-by-one", "test", "off_by_one"),
+    "test_spearman": ("test Spearman", "test", "spearman"),
+    "test_kendall": ("test Kendall tau", "test", "kendall_tau"),
+    "test_balanced_accuracy": ("test balanced accuracy", "test", "balanced_accuracy"),
+    "test_macro_f1": ("test macro-F1", "test", "macro_f1"),
+    "test_ece": ("test ECE", "test", "ece"),
+    "test_nll": ("test NLL", "test", "nll"),
+    "test_rps": ("test RPS", "test", "rps"),
+    "ordinality": ("prototype ordinality", "ordinality", "overall"),
+    "coverage": ("test coverage", "conformal", "coverage"),
+    "width": ("test interval width", "conformal", "mean_width"),
+    "group_mae": ("test group MAE", "test_groups", "mae_argmax"),
+}
+DEFAULT_COLUMNS = ["val_mae", "test_mae", "test_mae_expectation", "test_accuracy", "test_off_by_one",
+                   "test_spearman", "ordinality", "coverage", "width"]
+
+
+class ConformalConfig(Section):
+    """Split conformal prediction intervals, calibrated on the val split (docs/evaluation.md)."""
+
+    alpha: float = Field(0.1, gt=0, lt=1)  # miscoverage: [lo, hi] holds the true rank with probability >= 1 - alpha
+    curve_alphas: list[float] = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5]  # the coverage figure's nominal levels
+
+    @field_validator("curve_alphas")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        if not value or not all(0 < a < 1 for a in value):
+            raise ValueError("curve_alphas must be a non-empty list of levels in (0, 1)")
+        return value
+
+
 class EvaluateConfig(Section):
     split: Literal["val", "test"] = "test"
     batch_size: int = Field(128, ge=1)
+    conformal: ConformalConfig = ConformalConfig()
+    cs_k: list[int] = [0, 1, 2]  # cumulative score CS@k: share of images off by at most k ranks
+    group_aggregate: Literal["mean", "median", "majority"] = "mean"  # a manifest's groups (a person, a video)
+    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))  # of COMPARISON_COLUMNS
     metrics_dir: str = output_path("metrics/eval", "evaluate")
     comparison: str = output_path("metrics/comparison.json", "evaluate")  # and the markdown table beside it (.md)
     summary_dir: str = output_path("metrics/summary", "evaluate")  # one JSON per method: `dvc metrics show`'s rows
     plots_dir: str = output_path("plots", "evaluate")  # CSV data for `dvc plots`
     figures_dir: str = output_path("figures", "evaluate")  # PNG for people
     heads_dir: str = output_path("artifacts/heads", "evaluate")
+
+    @field_validator("cs_k")
+    @classmethod
+    def _cs_levels(cls, value: list[int]) -> list[int]:
+        if not all(0 <= k <= MAX_RANKS for k in value) or len(set(value)) != len(value):
+            raise ValueError(f"cs_k must hold distinct rank distances in [0, {MAX_RANKS}]")
+        return value
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> "EvaluateConfig":
+        known = [*COMPARISON_COLUMNS, *(f"test_cs@{k}" for k in self.cs_k)]
+        unknown = [c for c in self.columns if c not in known]
+        if unknown or not self.columns:
+            raise ValueError(f"columns: unknown {', '.join(unknown) or '(empty list)'}; choose from {', '.join(known)}")
+        return self
+
+    def column(self, name: str) -> tuple[str, str, str]:
+        """(header, section, key) of a comparison column."""
+        if name.startswith("test_cs@"):
+            return f"test CS@{name.removeprefix('test_cs@')}", "test", name.removeprefix("test_")
+        return COMPARISON_COLUMNS[name]
 
 
 class PredictConfig(Section):

@@ -21,12 +21,13 @@ from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import safetensors_metadata
 from numclip.core.text import one_line
+from numclip.kernels import ranking_weighted_cross_entropy
 from numclip.models.backbone import Backbone, create_backbone
 from numclip.models.card import BackboneCard, ConceptsCard, ModelCard
 from numclip.models.concepts import ConceptBins, ImageAdapter, SSRRegressor, concept_bins
-from numclip.models.head import Impl, cosine_logits, cosine_ranking_cross_entropy
+from numclip.models.head import Impl, cosine_logits, cosine_ranking_cross_entropy, head_logits
 from numclip.models.prompts import PromptLearner, build_prompt_learner
-from numclip.models.readouts import readout_argmax, readout_expectation
+from numclip.models.readouts import probabilities, readout_argmax, readout_expectation
 from numclip.models.text import TextTower
 
 
@@ -56,9 +57,8 @@ class RankPromptModel(nn.Module):
         return self.clip.logit_scale.exp()
 
     def prototypes(self) -> torch.Tensor:
-        """Text features of the prompts [classes, D] (unnormalised)."""
-        embeddings, pool_index = self.prompts(self.text)
-        return self.text.encode(embeddings, pool_index)
+        """The class vectors [classes, D] (unnormalised): text features of the prompts, or a probe's weights."""
+        return self.prompts.encode(self.text)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_image(images)
@@ -86,9 +86,17 @@ class RankPromptModel(nn.Module):
         return cosine_ranking_cross_entropy(features, prototypes.to(features.dtype), self.logit_scale(), targets,
                                             mode=mode, impl=impl)
 
+    def head_bias(self) -> Optional[torch.Tensor]:
+        """The head's bias: None for a cosine head (numclip.models.head.head_logits)."""
+        return None
+
     def class_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """The head's class of each fine label (the rank itself here)."""
         return labels
+
+    def rank_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(rank) [B, K]: what calibration, the median read-out and the prediction intervals use."""
+        return probabilities(logits.float())
 
     def readout(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted rank, continuous prediction): argmax and expectation sum_k k p_k."""
@@ -107,9 +115,10 @@ class RankPromptModel(nn.Module):
             "image_encoder": list(self.clip.visual.parameters()),
             "text_encoder": self.text.parameters(),
             "logit_scale": [self.clip.logit_scale],
-            **self.prompts.trainable(),  # the learner names its own groups (context, rank)
             "head": [p for m in self.head_modules() for p in m.parameters()],
         }
+        for name, params in self.prompts.trainable().items():  # the learner names its own groups (context, ...)
+            groups.setdefault(name, []).extend(params)
         for p in self.parameters():
             p.requires_grad_(False)
         out = []
@@ -165,6 +174,27 @@ class ConceptModel(RankPromptModel):
     def head_modules(self) -> list[nn.Module]:
         return [self.adapter, self.regressor]
 
+    def rank_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each concept's probability shared evenly among the fine ranks of its bin."""
+        coarse = self.bins.coarse(torch.arange(self.num_ranks, device=logits.device))
+        sizes = torch.bincount(coarse, minlength=logits.shape[-1]).clamp(min=1).to(torch.float32)
+        return probabilities(logits.float())[:, coarse] / sizes[coarse]
+
+
+class LinearProbeModel(RankPromptModel):
+    """The linear probe: logits = W f + b on the image features, no language and no logit scale."""
+
+    def logits(self, features: torch.Tensor, prototypes: torch.Tensor, impl: Impl = "auto") -> torch.Tensor:
+        return head_logits(features, prototypes, 1.0, self.head_bias())
+
+    def logits_and_ranking_ce(self, features: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
+                              mode: str, impl: Impl = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(features, prototypes)
+        return ranking_weighted_cross_entropy(logits.float(), targets, mode=mode, impl=impl), logits
+
+    def head_bias(self) -> Optional[torch.Tensor]:
+        return self.prompts.bias
+
 
 # The model class of each `head` value (numclip.config.methods.HEADS).
 HEADS: dict[str, type[RankPromptModel]] = {"ranks": RankPromptModel, "concepts": ConceptModel}
@@ -175,7 +205,8 @@ def _assemble(backbone: Backbone, card: ModelCard, seed: int) -> RankPromptModel
     prompts = build_prompt_learner(method, TextTower(backbone.model), backbone.tokenizer, card.prompt_words,
                                    card.zeroshot_template, seed=seed)
     device = next(backbone.model.parameters()).device
-    return HEADS[method.head](backbone, prompts, card).to(device)
+    model_class = LinearProbeModel if getattr(method, "probe", None) == "linear" else HEADS[method.head]
+    return model_class(backbone, prompts, card).to(device)
 
 
 def _card(params: Params, name: str, method: MethodBase, backbone: Backbone) -> ModelCard:

@@ -39,6 +39,11 @@ class PromptLearner(nn.Module):
     def trainable(self) -> dict[str, list[nn.Parameter]]:
         raise NotImplementedError
 
+    def encode(self, tower: TextTower) -> torch.Tensor:
+        """The class vectors [K, D] the head compares images with: the encoded prompts."""
+        embeddings, pool_index = self(tower)
+        return tower.encode(embeddings, pool_index)
+
 
 class FixedPrompts(PromptLearner):
     """Plain text prompts (zero-shot CLIP): nothing to learn."""
@@ -169,9 +174,36 @@ def _learned_prompt_parts(method: ContextMethod, tower: TextTower, tokenizer: Ca
             torch.tensor(lengths, device=device))
 
 
+class ProbeWeights(PromptLearner):
+    """No language: one free weight vector per rank (and a bias for the linear probe), drawn at random,
+    trained as the head. The text tower is never run; `encode` returns the weights themselves."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    @classmethod
+    def build(cls, method, tower, tokenizer, rank_words, zeroshot_template, generator) -> "ProbeWeights":
+        k, d = len(rank_words), tower.output_dim
+        device = tower.tower.token_embedding.weight.device
+        if method.probe == "cosine":
+            return cls((torch.randn(k, d, generator=generator) * INIT_STD).to(device), None)
+        bound = d ** -0.5  # nn.Linear's default initialisation, from the given generator
+        weight = (torch.rand(k, d, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(k, generator=generator) * 2 - 1) * bound
+        return cls(weight.to(device), bias.to(device))
+
+    def trainable(self) -> dict[str, list[nn.Parameter]]:
+        return {"head": [p for p in (self.weight, self.bias) if p is not None]}
+
+    def encode(self, tower: TextTower) -> torch.Tensor:
+        return self.weight
+
+
 # The prompt learner of each `learner` value (numclip.config.methods has the params class of each).
 LEARNERS: dict[str, type[PromptLearner]] = {
-    "fixed": FixedPrompts, "plain": ContextPrompts, "interpolated": InterpolatedPrompts}
+    "fixed": FixedPrompts, "plain": ContextPrompts, "interpolated": InterpolatedPrompts, "probe": ProbeWeights}
 
 
 def build_prompt_learner(method: MethodBase, tower: TextTower, tokenizer: Callable,

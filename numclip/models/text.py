@@ -44,6 +44,14 @@ class TextTower:
         return int(self.tower.token_embedding.weight.shape[1])
 
     @property
+    def output_dim(self) -> int:
+        """D, the width of the text features (after the projection)."""
+        proj = getattr(self.tower, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            return int(proj.out_features)
+        return self.width if proj is None else int(proj.shape[1])
+
+    @property
     def context_length(self) -> int:
         return int(self.tower.positional_embedding.shape[0])
 
