@@ -8,7 +8,7 @@ same names; adding a learner is one class here and one there (docs/architecture.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, NewType, Optional, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import Field, TypeAdapter, model_validator
 
@@ -18,7 +18,8 @@ HeadName = Literal["ranks", "concepts"]  # concepts: NumCLIP's coarse-to-fine he
 HEADS = get_args(HeadName)  # numclip.models.ordinal.HEADS builds them
 CONCEPT_HEAD_KEYS = ("adapter_alpha", "regressor_anchor", "regressor_shift")
 
-TermSetting = NewType("TermSetting", float)  # a loss term's numeric setting: not a weight, not in TERMS
+# The loss terms' weights, in the order the objective sums them (numclip.training.objective.TERMS).
+TERM_WEIGHTS = ("ce", "kl", "ranking_ce", "ranking_kl", "regression", "pairwise", "soft_ce", "dldl")
 
 
 class LossWeights(Section):
@@ -32,17 +33,16 @@ class LossWeights(Section):
     pairwise: float = Field(0.0, ge=0)  # L2RCLIP's cross-modal ordinal pairwise loss
     soft_ce: float = Field(0.0, ge=0)  # cross-entropy against Gaussian soft labels around the head's class
     dldl: float = Field(0.0, ge=0)  # DLDL-v2: KL to the Gaussian soft labels + dldl_expectation * |E[k] - y|
-    # The terms' settings, typed TermSetting (a float) so that the plain floats are exactly the weights (TERMS).
+    # The terms' settings
     ranking_mode: Literal["faithful", "fixed"] = "faithful"
-    soft_sigma: TermSetting = Field(1.0, gt=0)  # soft_ce and dldl: the soft labels' sigma, in the head's classes
-    dldl_expectation: TermSetting = Field(1.0, ge=0)  # dldl: the weight of its expectation term
+    soft_sigma: float = Field(1.0, gt=0)  # soft_ce and dldl: the soft labels' sigma, in the head's classes
+    dldl_expectation: float = Field(1.0, ge=0)  # dldl: the weight of its expectation term
     class_weights: Literal["none", "inverse", "inverse_sqrt"] = "none"  # ce and soft_ce: 1/n_k or 1/sqrt(n_k)
 
     @model_validator(mode="after")
     def _something_to_minimise(self) -> "LossWeights":
-        terms = ("ce", "kl", "ranking_ce", "ranking_kl", "regression", "pairwise", "soft_ce", "dldl")
-        if all(getattr(self, t) == 0 for t in terms):
-            raise ValueError(f"every loss weight ({', '.join(terms)}) is 0: nothing would be trained")
+        if all(getattr(self, t) == 0 for t in TERM_WEIGHTS):
+            raise ValueError(f"every loss weight ({', '.join(TERM_WEIGHTS)}) is 0: nothing would be trained")
         return self
 
     @model_validator(mode="after")

@@ -20,10 +20,15 @@ def _check_logits_target(logits: Tensor, target: Tensor) -> None:
         raise ValueError(f"target must be [B]={logits.shape[0]}, got shape {tuple(target.shape)}")
 
 
-def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Image->text cross-entropy over the K ranks, averaged over the batch."""
+def cross_entropy(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Image->text cross-entropy over the K ranks, averaged over the batch.
+
+    `class_weights` [K] (None: all 1) weights row i by w[target_i], and the mean stays over the batch:
+    mean_i w[y_i] * CE_i, not torch's sum w CE / sum w (numclip.losses.soft_labels uses the same)."""
     _check_logits_target(logits, target)
-    return F.cross_entropy(logits, target)
+    if class_weights is None:
+        return F.cross_entropy(logits, target)
+    return (class_weights.to(logits.dtype)[target] * F.cross_entropy(logits, target, reduction="none")).mean()
 
 
 def text_to_image_kl(

@@ -35,7 +35,7 @@ from numclip.evaluation.plots import similarity_figure
 from numclip.models.backbone import backbone_config, create_backbone, resolve_device
 from numclip.models.ordinal import RankPromptModel, build_model, save_model
 from numclip.training.distributed import Dist, env_rank, init_distributed
-from numclip.training.objective import head_outputs, training_loss
+from numclip.training.objective import head_outputs, training_class_weights, training_loss
 from numclip.training.resume import Checkpoints, ResumeMode, TrainState, UnusableCheckpoint, set_aside
 from numclip.training.schedules import make_optimizer, make_scheduler
 
@@ -235,22 +235,23 @@ def _parallel(model: RankPromptModel, ctx: Dist, device: torch.device, frozen_bn
 def training_step(model: RankPromptModel, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor, labels: torch.Tensor,
                   weights: LossWeights, encoders: Optional[nn.Module] = None, ctx: Optional[Dist] = None,
-                  name: str = "training", at: str = "this step") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  name: str = "training", at: str = "this step", class_weights: Optional[torch.Tensor] = None,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on a batch already on the device: both towers under autocast, the head
     and the enabled loss terms (numclip.training.objective), backward, the optimizer and the schedule.
 
     `encoders` is what `_parallel` returns (default: the model's own towers) and `ctx` the process
     group (default: one process); under torchrun the features and labels are gathered into the global
     batch before the head. A non-finite loss stops the run before any update, with a NumclipError
-    naming `name` and `at`. Returns (total loss, each enabled term). `_fit` and
-    benchmarks/step_throughput.py both run it, so the benchmark times the training code itself."""
+    naming `name` and `at`. `class_weights`: see `training_loss`. Returns (total loss, each enabled term).
+    `_fit` and benchmarks/step_throughput.py both run it, so the benchmark times the training code itself."""
     encoders = _Encoders(model) if encoders is None else encoders
     ctx = Dist() if ctx is None else ctx
     with autocast(images.device):
         features, prototypes = encoders(images)
         features, labels = ctx.gather_batch(features), ctx.gather_batch(labels)
         logits, fused = head_outputs(model, features, prototypes, labels, weights)
-    loss, terms = training_loss(model, features, prototypes, logits, labels, weights, fused)
+    loss, terms = training_loss(model, features, prototypes, logits, labels, weights, fused, class_weights)
     if not torch.isfinite(loss):
         raise NumclipError(f"{name}: loss became {loss.item()} at {at}; lower the learning rates in train.lr")
     optimizer.zero_grad(set_to_none=True)
@@ -273,6 +274,7 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
     train_set = SeededFlip(ImageRankDataset(manifest, "train", preprocess, IMAGE_CACHE_BYTES), cfg.seed, cfg.hflip)
     labels = [r.label for r in train_set.base.rows]
     draw_weights = class_balanced_weights(labels, manifest.num_ranks) if cfg.class_balanced else None
+    class_weights = training_class_weights(model, labels, weights, device)  # None unless loss.class_weights
     n = len(train_set)
     full_steps = n // cfg.batch_size if n > cfg.batch_size else 1  # full batches only, unless one is all
     steps_per_epoch = min(full_steps, cfg.max_steps_per_epoch or full_steps)
@@ -294,7 +296,7 @@ def _fit(params: Params, method: str, model: RankPromptModel, manifest, preproce
         for images, labels in bar:
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
             loss, terms = training_step(model, optimizer, scheduler, images, labels, weights, encoders, ctx,
-                                        name=method, at=f"epoch {epoch} step {state.step}")
+                                        name=method, at=f"epoch {epoch} step {state.step}", class_weights=class_weights)
             state.step += 1
             state.losses.append(loss.item())  # the global batch's: the same on every rank
             writer.add_scalar("train/loss", loss.item(), state.step)
