@@ -110,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], help="predict ranks for your own images")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or list files")
     p.add_argument("--model", required=True, help="a trained model file (models/<method>.safetensors)")
-    p.add_argument("--head", help="exported prototypes (artifacts/heads/<method>.safetensors): "
-                   "inference then never runs the text encoder")
+    p.add_argument("--head", help="exported head (artifacts/heads/<method>.safetensors): inference then never "
+                   "runs the text encoder, and the CSV gets each image's calibrated interval (lo, hi)")
     p.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
+    p.add_argument("--groups-out", help="also write one prediction per folder of images (a person's photos, a "
+                   "video's frames) to this CSV, pooled as evaluate.group_aggregate says")
     return parser
 
 
@@ -220,14 +222,17 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_predict(params: Params, args: argparse.Namespace) -> None:
     """Stream images -> predictions -> CSV rows, so memory stays flat however many images there are."""
-    from numclip.commands.predict import Predictor, iter_images, write_predictions
+    from numclip.commands.predict import GroupPredictions, Predictor, iter_images, write_predictions
     from numclip.models.backbone import resolve_device
 
     predictor = Predictor(args.model, args.head, resolve_device(params.model.device))
     skipped: list = []
     predictions = predictor.iter_predict(iter_images(args.inputs, skipped), params.predict.batch_size)
-    counts = write_predictions(predictions, args.out, len(predictor.model.card.prompt_words))
+    groups = GroupPredictions(predictor.model.num_ranks, params.evaluate.group_aggregate) if args.groups_out else None
+    counts = write_predictions(predictions, args.out, len(predictor.model.card.prompt_words), groups)
     print(f"predicted {counts.predicted} images -> {args.out}")
+    if groups is not None:
+        print(f"pooled them into {groups.write(args.groups_out)} groups (one per folder) -> {args.groups_out}")
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
         files = "1 file that is not an image" if len(skipped) == 1 else f"{len(skipped)} files that are not images"

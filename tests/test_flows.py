@@ -1,8 +1,10 @@
 """The Prefect flow over the real DVC stages, against a real Prefect server on a loopback port.
 
 One tiny repository copy (two methods) and one server serve the whole module; the tests run in file
-order: the served deployment builds everything, then in-process runs check that nothing reruns, that
-a data drop is picked up, and how failures are retried or reported.
+order: the server's scheduler creates a cron deployment's runs, the served deployment builds
+everything, a process worker runs the work-pool deployment (nothing reruns), then in-process runs
+check timeouts, the failure alert, the workspace guard, that a data drop is picked up, and how
+failures are retried or reported.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,27 +20,48 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.concurrency.sync import concurrency
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
+from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.states import Crashed
 from tiny_repo import dvc_env, make_tiny_repo
 
+from flows.alerts import FAILURE_KEY, alert_failure
 from flows.overrides import apply_param_overrides
 from flows.report import metrics_changes
-from flows.retrain import REPORT_KEY, retrain
-from flows.stages import StageFailed, is_transient
+from flows.retrain import REPORT_KEY, WORKSPACE_LIMIT, retrain
+from flows.stages import StageFailed, StageTimedOut, forget_unfinished_stage, is_transient, line_level, run_stage
 from numclip.core.errors import NumclipError
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_S = 120
 RUN_TIMEOUT_S = 600
+SCHEDULER_WAIT_S = 60  # the server schedules a new deployment within seconds (recent-deployments loop: 2 s here)
+HANG_SECONDS = 347  # `sleep 347`: the hung stage, recognisable among this machine's processes
 
 
 # ------------------------------------------------------------------------------------ no server

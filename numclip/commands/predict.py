@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,10 @@ from numclip.core.errors import NumclipError
 from numclip.core.text import printable
 from numclip.data import load_image
 from numclip.data.sources import IMAGE_EXTENSIONS
+from numclip.evaluation.conformal import prediction_intervals
+from numclip.evaluation.groups import aggregate_groups
 from numclip.evaluation.inference import autocast
+from numclip.evaluation.metrics import median_rank
 from numclip.models.head import ExportedHead, head_logits, load_head
 from numclip.models.ordinal import RankPromptModel, load_model
 from numclip.models.readouts import probabilities
@@ -36,6 +40,12 @@ class Prediction:
     expectation: Optional[float] = None
     probabilities: Optional[list[float]] = None
     error: str = ""
+    median: Optional[int] = None  # the median read-out of the rank distribution
+    lo: Optional[int] = None  # the conformal interval [lo, hi] (a head exported by `numclip evaluate`)
+    hi: Optional[int] = None
+
+
+_NOT_CALIBRATED = object()  # a head without a conformal threshold, or no head: no intervals
 
 
 @dataclass
@@ -127,6 +137,11 @@ class Predictor:
         self.head.prototypes = self.head.prototypes.to(self.device)
         if self.head.bias is not None:
             self.head.bias = self.head.bias.detach().float().to(self.device)
+        threshold = self.head.metadata.get("conformal", {}).get("threshold", _NOT_CALIBRATED)
+        # None: calibration could not reach the level (too few val images): every interval is all ranks
+        self.threshold = math.inf if threshold is None else threshold
+        if self.threshold is not _NOT_CALIBRATED and not isinstance(self.threshold, (int, float)):
+            raise NumclipError(f"{head_file}: conformal threshold must be a number, got {self.threshold!r}")
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -143,8 +158,13 @@ class Predictor:
                 return []
             logits = self.logits(torch.stack([t for _, t in batch]))
             rank, value = self.model.readout(logits)
-            out = [Prediction(str(path), r, v, p.tolist())
-                   for (path, _), r, v, p in zip(batch, rank.tolist(), value.tolist(), probabilities(logits).cpu())]
+            ranks = self.model.rank_probabilities(logits).cpu().numpy()
+            lo, hi = ([None] * len(batch),) * 2 if self.threshold is _NOT_CALIBRATED else \
+                (x.tolist() for x in prediction_intervals(ranks, self.threshold))
+            out = [Prediction(str(path), r, v, p.tolist(), median=m, lo=a, hi=b)
+                   for (path, _), r, v, p, m, a, b in zip(batch, rank.tolist(), value.tolist(),
+                                                          probabilities(logits).cpu(), median_rank(ranks).tolist(),
+                                                          lo, hi)]
             batch.clear()
             return out
 
@@ -169,24 +189,59 @@ def predict(model_file: str | Path, inputs: Sequence[str | Path], head_file: Opt
     return Predictor(model_file, head_file, device).predict(collect_images(inputs), batch_size)
 
 
-def write_predictions(predictions: Iterable[Prediction], path: str | Path, num_classes: int) -> PredictionCounts:
-    """CSV: path, rank, expectation, p_0..p_{C-1}, error (empty when the image was read).
+def write_predictions(predictions: Iterable[Prediction], path: str | Path, num_classes: int,
+                      groups: Optional[GroupPredictions] = None) -> PredictionCounts:
+    """CSV: path, rank, expectation, median, lo, hi, p_0..p_{C-1}, error (empty when the image was read).
 
-    `expectation` is the continuous prediction (NumCLIP: the fine regressor's output); the p_ columns
-    are the head's class probabilities (ranks, or NumCLIP's concepts). Rows are written as they come
-    (nothing is kept) to a temporary file that replaces `path` only once all of them are written."""
+    `expectation` is the continuous prediction (NumCLIP: the fine regressor's output), `median` the median
+    of the rank distribution, [lo, hi] the conformal interval (empty without a calibrated head); the p_
+    columns are the head's class probabilities (ranks, or NumCLIP's concepts). Rows are written as they
+    come to a temporary file that replaces `path` only once all of them are written; `groups` collects
+    what the per-group read-out needs (three numbers per image)."""
     counts = PredictionCounts()
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "rank", "expectation", *[f"p_{k}" for k in range(num_classes)], "error"])
+        writer.writerow(["path", "rank", "expectation", "median", "lo", "hi",
+                         *[f"p_{k}" for k in range(num_classes)], "error"])
         for p in predictions:
             probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
-            expectation = "" if p.expectation is None else f"{p.expectation:.4f}"
-            writer.writerow([printable(p.path), "" if p.rank is None else p.rank, expectation, *probs,
-                             printable(p.error)])
+            expectation = None if p.expectation is None else f"{p.expectation:.4f}"
+            writer.writerow([printable(p.path), *("" if v is None else v for v in (p.rank, expectation, p.median,
+                                                                                      p.lo, p.hi)),
+                             *probs, printable(p.error)])
+            if groups is not None and not p.error:
+                groups.add(p)
             if p.error:
                 counts.failed += 1
                 counts.first_error = counts.first_error or p.error
             else:
                 counts.predicted += 1
     return counts
+
+
+class GroupPredictions:
+    """One prediction per group of images (a person's photos, a video's frames): an image's group is the
+    folder it lies in; pooled as `evaluate.group_aggregate` says (numclip.evaluation.groups)."""
+
+    def __init__(self, num_ranks: int, how: str):
+        self.num_ranks, self.how = num_ranks, how
+        self.ids: list[str] = []
+        self.ranks: list[int] = []
+        self.values: list[float] = []
+
+    def add(self, p: Prediction) -> None:
+        self.ids.append(printable(str(Path(p.path).parent)))
+        self.ranks.append(p.rank)
+        self.values.append(p.expectation)
+
+    def write(self, path: str | Path) -> int:
+        """CSV: group, images, rank, value; returns the number of groups."""
+        rows: Iterable = []
+        if self.ids:
+            pooled = aggregate_groups(self.ids, None, self.ranks, self.values, self.num_ranks, self.how)
+            rows = zip(pooled["groups"], pooled["count"], pooled["rank"], (f"{v:.4f}" for v in pooled["value"]))
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["group", "images", "rank", "value"])
+            writer.writerows(rows)
+        return len(set(self.ids))

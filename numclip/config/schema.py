@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from numclip.config.methods import MethodBase, MethodConfig, default_methods
 from numclip.config.section import MAX_RANKS, Section, output_path, seed_field
@@ -99,12 +99,13 @@ class ModelConfig(Section):
         "loaded with weights_only), e.g. an ImageNet or IMDB-WIKI VGG-16; null: random init")
     device: str = "auto"
 
-    @model_validator(mode="after")
-    def _weights_need_an_encoder(self) -> "ModelConfig":
-        if self.image_weights is not None and self.image_encoder is None:
-            raise ValueError("model.image_weights is set but model.image_encoder is not: the weights are "
-                             "for a CNN image encoder (set model.image_encoder: vgg16 or resnet50)")
-        return self
+    @field_validator("image_weights")
+    @classmethod
+    def _weights_need_an_encoder(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if value is not None and "image_encoder" in info.data and info.data["image_encoder"] is None:
+            raise ValueError("only with model.image_encoder (the weights of a CNN image encoder: set "
+                             "model.image_encoder to vgg16 or resnet50)")
+        return value
 
 
 class ConceptConfig(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any, Optional
 
@@ -9,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from numclip.core.progress import progress
-from numclip.evaluation.metrics import ordinal_metrics
+from numclip.evaluation.metrics import distribution_metrics, ordinal_metrics
 from numclip.models.ordinal import RankPromptModel
 
 
@@ -51,13 +52,17 @@ def collect_logits(model: RankPromptModel, dataset: Dataset, batch_size: int, de
 
 
 @torch.no_grad()
-def metrics_from_logits(model: RankPromptModel, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-    """Ordinal metrics of the model's read-outs (argmax/expectation, or NumCLIP's regressor), plus the
-    accuracy of the head's own classes (the ranks, or NumCLIP's concepts) and the MAE of any extra
-    read-outs (NumCLIP's coarse stage alone)."""
+def metrics_from_logits(model: RankPromptModel, logits: torch.Tensor, targets: torch.Tensor,
+                        cs_k: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
+    """Ordinal metrics of the model's read-outs (argmax/expectation, or NumCLIP's regressor), the
+    distribution's (median read-out, Kendall tau, balanced accuracy, macro-F1, CS@k as `cs@k`, ECE, NLL,
+    RPS, from `model.rank_probabilities`), plus the accuracy of the head's own classes (the ranks, or
+    NumCLIP's concepts) and the MAE of any extra read-outs (NumCLIP's coarse stage alone)."""
     device = next(model.parameters()).device
     rank, value = model.readout(logits.to(device))
     metrics = ordinal_metrics(targets.numpy(), rank.cpu().numpy(), value.float().cpu().numpy(), model.num_ranks)
+    spread = distribution_metrics(targets.numpy(), model.rank_probabilities(logits).numpy(), model.num_ranks, cs_k)
+    metrics.update({f"cs@{k}": share for k, share in spread.pop("cs").items()}, **spread)
     classes = model.class_targets(targets.to(device)).cpu()
     metrics["class_accuracy"] = float((logits.argmax(dim=1) == classes).float().mean())
     for name, values in model.extra_readouts(logits.to(device)).items():

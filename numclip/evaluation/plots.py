@@ -115,6 +115,42 @@ def per_rank_error_figure(
     return fig
 
 
+def interval_figure(curve: dict[str, Sequence[Any]], per_rank_width: Sequence[float | None],
+                    per_rank_coverage: Sequence[float | None], alpha: float) -> Figure:
+    """Conformal intervals: test coverage against the nominal 1 - alpha (left; on the diagonal or above
+    is what calibration promises), and mean width and coverage per true rank at the configured alpha."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1, 1.6])
+    nominal = np.asarray(curve["nominal"], dtype=np.float64)
+    left.plot([0, 1], [0, 1], ":", color="0.5", label="nominal")
+    left.plot(nominal, np.asarray(curve["coverage"], dtype=np.float64), "o-", color="tab:blue", label="test")
+    left.set_xlim(min(nominal.min(), 0.5) - 0.05, 1.0)
+    left.set_ylim(min(nominal.min(), 0.5) - 0.05, 1.02)
+    left.set_xlabel("nominal coverage 1 - alpha (calibrated on val)")
+    left.set_ylabel("test coverage")
+    left.set_title("Coverage")
+    left.legend(loc="lower right", frameon=False)
+    width = np.array([np.nan if v is None else v for v in per_rank_width], dtype=np.float64)
+    ranks = np.arange(width.size)
+    right.bar(ranks, np.nan_to_num(width), color="tab:blue", label="mean width (ranks)")
+    right.set_xlabel("true rank")
+    right.set_ylabel("mean interval width (ranks)")
+    right.set_title(f"Intervals at alpha = {alpha:g}", pad=24)
+    right.set_xlim(-0.6, width.size - 0.4)
+    _rank_ticks(right, _tick_names(width.size, None), y=False)
+    twin = right.twinx()
+    coverage = np.array([np.nan if v is None else v for v in per_rank_coverage], dtype=np.float64)
+    twin.plot(ranks, coverage, ".-", color="tab:orange", label="coverage")
+    twin.axhline(1 - alpha, ls=":", color="tab:orange", alpha=0.6)
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("coverage per rank")
+    handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    right.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
+    return fig
+
+
 def similarity_figure(similarity: Any, title: str = "Cosine similarity of rank prototypes",
                       labels: Sequence[str] | None = None, axis: str = "rank") -> Figure:
     """Prototype similarity heatmap; ordinal prototypes fade smoothly away from the diagonal.

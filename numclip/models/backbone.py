@@ -1,7 +1,8 @@
 """open_clip backbone factory: any open_clip architecture, a pretrained tag or a local weights file.
 
 The tiny architecture `numclip-tiny` ships as a JSON config in `numclip/models/configs/` so that the
-whole pipeline runs on a 2-core CPU.
+whole pipeline runs on a 2-core CPU. With `model.image_encoder`, a torchvision CNN
+(`numclip/models/cnn.py`) replaces the architecture's image tower; its text tower stays.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, get_args
 
 import open_clip
 import torch
@@ -20,9 +21,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from numclip.config import ModelConfig, Params
+from numclip.config.schema import ImageEncoder
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import first_problem, json_object, safetensors_metadata
 from numclip.models.card import PreprocessCard
+from numclip.models.cnn import CNNTower, load_torchvision_state
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -39,6 +42,7 @@ class Backbone:
     preprocess: Callable  # eval transform: the model's own resize, crop, mean and std
     arch: str
     pretrained: Optional[str]
+    image_encoder: Optional[str] = None  # a CNN in place of the arch's image tower (numclip.models.cnn)
 
     @property
     def preprocess_cfg(self) -> dict:
@@ -117,10 +121,17 @@ def create_backbone(cfg: ModelConfig, device: torch.device | str = "cpu",
             f"network access, download them elsewhere and set model.pretrained to the local file.") from None
     finally:
         root_logger.setLevel(old_level)
+    if cfg.image_encoder is not None:
+        model.visual = _cnn_visual(cfg, model)
     if from_file:
-        load_into(model, load_weights_file(cfg.pretrained), source=str(cfg.pretrained))
+        state = load_weights_file(cfg.pretrained)
+        if cfg.image_encoder is not None or _saved_image_encoder(cfg.pretrained) is not None:
+            state = _visual_state(cfg, model, state)
+        load_into(model, state, source=str(cfg.pretrained))
         if preprocess_cfg is None:
             preprocess_cfg = _saved_preprocess(cfg.pretrained)
+    if preprocess_cfg is None and cfg.image_encoder is not None:
+        preprocess_cfg = model.visual.preprocess_cfg  # ImageNet's mean and std, the arch's image size
     if preprocess_cfg is not None:
         from open_clip.model import set_model_preprocess_cfg
         from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
@@ -131,7 +142,48 @@ def create_backbone(cfg: ModelConfig, device: torch.device | str = "cpu",
     model.to(device)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     return Backbone(model=model, tokenizer=tokenizer, preprocess=preprocess, arch=cfg.arch,
-                    pretrained=cfg.pretrained)
+                    pretrained=cfg.pretrained, image_encoder=cfg.image_encoder)
+
+
+def _cnn_visual(cfg: ModelConfig, model: nn.Module) -> CNNTower:
+    """The CNN tower that replaces `model.visual`: projected to the text embedding width, at the
+    arch's image size, with `cfg.image_weights` (or random weights; the projection is always random,
+    drawn from the global RNG)."""
+    width = getattr(model.visual, "output_dim", None)
+    if width is None and isinstance(getattr(model, "text_projection", None), torch.Tensor):
+        width = model.text_projection.shape[-1]  # CLIP
+    if width is None:
+        width = getattr(getattr(model, "text", None), "output_dim", None)  # CustomTextCLIP's text tower
+    if width is None:
+        raise NumclipError(f"model.image_encoder: cannot tell the embedding width of {cfg.arch}'s towers")
+    size = getattr(model.visual, "preprocess_cfg", {}).get("size", 224)
+    tower = CNNTower(cfg.image_encoder, int(width), size)
+    if cfg.image_weights is not None:
+        try:
+            state = load_weights_file(cfg.image_weights)
+        except NumclipError as e:
+            raise NumclipError(f"model.image_weights: {e}") from None
+        load_torchvision_state(tower, state, f"model.image_weights: {cfg.image_weights}")
+    return tower
+
+
+def _visual_state(cfg: ModelConfig, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights file's state with the image tower settled. A numclip backbone saved with this CNN
+    holds its `visual.*` weights: they load strictly. A CLIP file (or a backbone of the arch's own
+    tower) holds the tower the CNN replaced: its `visual.*` keys are dropped and the CNN keeps the
+    weights it has, while every other key still loads strictly."""
+    saved = _saved_image_encoder(cfg.pretrained)
+    if saved is not None and saved != cfg.image_encoder:
+        wanted = cfg.image_encoder or "null (the architecture's own tower)"
+        raise NumclipError(f"{cfg.pretrained} holds a backbone with the {saved} image encoder but "
+                           f"model.image_encoder is {wanted}")
+    own = {f"visual.{k}": v for k, v in model.visual.state_dict().items()}
+    if saved == cfg.image_encoder or any(k in state for k in own):
+        if cfg.image_weights is not None:
+            raise NumclipError(f"model.image_weights: {cfg.pretrained} (model.pretrained) already holds the "
+                               "image encoder's weights; unset one of them")
+        return state
+    return {**{k: v for k, v in state.items() if not k.startswith("visual.")}, **own}
 
 
 def save_backbone(backbone: Backbone, path: str | Path, source: str) -> None:
@@ -141,19 +193,38 @@ def save_backbone(backbone: Backbone, path: str | Path, source: str) -> None:
     from numclip.core.atomic import atomic_path
 
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
-    meta = {"arch": backbone.arch, "source": source, "preprocess": backbone.preprocess_cfg}
+    meta = {"arch": backbone.arch, "source": source, "preprocess": backbone.preprocess_cfg,
+            "image_encoder": backbone.image_encoder}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"numclip_backbone": json.dumps(meta)})
 
 
-def _saved_preprocess(path: str | Path) -> Optional[dict]:
-    """Preprocessing recorded by `save_backbone`, so a saved backbone keeps its weights' transforms."""
+def _backbone_record(path: str | Path) -> Optional[dict]:
+    """What `save_backbone` recorded in a file's metadata (None for any other weights file)."""
     if Path(path).suffix.lower() != ".safetensors":
         return None
     meta = safetensors_metadata(path, "backbone file").get("numclip_backbone")
     if meta is None:
         return None
-    preprocess = json_object(meta, str(path), "backbone record ('numclip_backbone' metadata)").get("preprocess")
+    return json_object(meta, str(path), "backbone record ('numclip_backbone' metadata)")
+
+
+def _saved_image_encoder(path: str | Path) -> Optional[str]:
+    """The CNN image encoder a numclip backbone file was saved with (None: the arch's own tower)."""
+    record = _backbone_record(path)
+    encoder = None if record is None else record.get("image_encoder")
+    if encoder is not None and encoder not in get_args(ImageEncoder):
+        raise NumclipError(f"{path}: backbone record key image_encoder: unknown image encoder {encoder!r} "
+                           "(the file is damaged; run `numclip pretrain` again)")
+    return encoder
+
+
+def _saved_preprocess(path: str | Path) -> Optional[dict]:
+    """Preprocessing recorded by `save_backbone`, so a saved backbone keeps its weights' transforms."""
+    record = _backbone_record(path)
+    if record is None:
+        return None
+    preprocess = record.get("preprocess")
     if preprocess is None:
         return None
     try:
@@ -182,4 +253,5 @@ def backbone_config(params: Params) -> ModelConfig:
     path = Path(params.pretrain.output)
     if not path.is_file():
         raise NumclipError(f"no pretrained backbone at {path} (pretrain.output): run `numclip pretrain` first")
-    return ModelConfig(arch=params.model.arch, pretrained=str(path), device=params.model.device)
+    return ModelConfig(arch=params.model.arch, pretrained=str(path), device=params.model.device,
+                       image_encoder=params.model.image_encoder)  # the file holds the CNN's weights

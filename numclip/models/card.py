@@ -14,6 +14,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from numclip.config.methods import MethodConfig, stored_method
+from numclip.config.schema import ImageEncoder
 from numclip.config.section import MAX_RANKS
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import first_problem, json_object
@@ -30,6 +31,7 @@ class Record(BaseModel):
 class BackboneCard(Record):
     arch: str
     pretrained: Optional[str] = None
+    image_encoder: Optional[ImageEncoder] = None  # a torchvision CNN in place of the arch's image tower
 
 
 class PreprocessCard(BaseModel):

@@ -214,7 +214,8 @@ def _card(params: Params, name: str, method: MethodBase, backbone: Backbone) -> 
     bins = concept_bins(params) if method.head == "concepts" else None
     return ModelCard(
         numclip_version=__version__, method=name, method_config=method,
-        model=BackboneCard(arch=backbone.arch, pretrained=backbone.pretrained), preprocess=backbone.preprocess_cfg,
+        model=BackboneCard(arch=backbone.arch, pretrained=backbone.pretrained, image_encoder=backbone.image_encoder),
+        preprocess=backbone.preprocess_cfg,
         num_ranks=len(words), rank_words=words, prompt_words=list(bins.names) if bins else words,
         concepts=None if bins is None else ConceptsCard(edges=list(bins.edges), names=list(bins.names),
                                                         label_shift=bins.label_shift),
@@ -258,7 +259,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> RankProm
         card = card.model_copy(update={"method_config": card.method_config.model_copy(
             update={"rank_words_file": None})})
     try:
-        backbone = create_backbone(ModelConfig(arch=card.model.arch), device, preprocess_cfg=card.preprocess_cfg())
+        backbone = create_backbone(ModelConfig(arch=card.model.arch, image_encoder=card.model.image_encoder), device,
+                                   preprocess_cfg=card.preprocess_cfg())
         backbone.pretrained = card.model.pretrained
         model = _assemble(backbone, card, seed=0)
     except NumclipError as e:
