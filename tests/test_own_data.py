@@ -104,10 +104,17 @@ def test_a_model_that_learned_nothing_is_flagged(folder_repo):
 def test_predict_on_the_folder_lists_what_it_skipped(folder_repo):
     repo, _, _ = folder_repo
     proc = numclip_cli(repo, "predict", "digits", "--model", "models/coop.safetensors", "--head",
-                       "artifacts/heads/coop.safetensors", "--out", "predictions.csv")
+                       "artifacts/heads/coop.safetensors", "--out", "predictions.csv", "--groups-out", "groups.csv")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((repo / "predictions.csv").open()))
     assert len(rows) == 10 * K and all(0 <= int(r["rank"]) < K for r in rows)
+    assert all(0 <= int(r["lo"]) <= int(r["hi"]) < K for r in rows), "the head is calibrated: every row an interval"
+    groups = list(csv.DictReader((repo / "groups.csv").open()))
+    assert [g["group"] for g in groups] == [f"digits/{label}" for label in range(K)]  # a folder each
+    assert all(int(g["images"]) == 10 for g in groups)
+    for g in groups:  # the mean of its images' expectations, rounded
+        mean = np.mean([float(r["expectation"]) for r in rows if r["path"].startswith(g["group"] + "/")])
+        assert float(g["value"]) == pytest.approx(mean, abs=1e-3) and int(g["rank"]) == int(np.floor(mean + 0.5))
     assert "skipped 1 file that is not an image" in proc.stderr and "notes.txt" in proc.stderr
 
 
@@ -130,8 +137,9 @@ def test_init_then_dvc_repro_on_a_table(tmp_path):
     images = repo / "mine" / "images"
     rows = make_images(images, per_rank=8)
     table = repo / "mine" / "labels.csv"
-    with table.open("w", newline="") as f:
-        csv.writer(f).writerows([("path", "label"), *[(f"images/{p}", label) for p, label in rows]])
+    with table.open("w", newline="") as f:  # two images per person
+        csv.writer(f).writerows([("path", "label", "group"),
+                                 *[(f"images/{p}", label, f"person{i // 2}") for i, (p, label) in enumerate(rows)]])
     methods = "methods={zeroshot: {learner: fixed}, coop: {learner: plain}}"
     init = numclip_cli(repo, "init", "mine/labels.csv", "--task", "grades", "--set", methods,
                        *[a for o in TINY for a in ("--set", o)])
@@ -142,6 +150,11 @@ def test_init_then_dvc_repro_on_a_table(tmp_path):
     out = dvc(repo, "repro")
     assert "Running stage 'train@coop'" in out and "counting" not in out
     assert set(json.loads((repo / "metrics" / "comparison.json").read_text())) == {"zeroshot", "coop"}
+    result = json.loads((repo / "metrics" / "eval" / "coop.json").read_text())
+    for split in ("val", "test"):
+        groups = result[f"{split}_groups"]
+        assert groups["aggregate"] == "mean" and groups["ungrouped_images"] == 0
+        assert groups["n"] == groups["groups"] and result[split]["n"] / 2 <= groups["groups"] <= result[split]["n"]
     assert "Running stage" not in dvc(repo, "repro")
 
 

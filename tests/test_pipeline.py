@@ -20,6 +20,7 @@ from numclip.cli import main
 from numclip.commands.predict import predict
 from numclip.data import ImageRankDataset, read_manifest
 from numclip.evaluation.inference import collect_logits
+from numclip.models.head import load_head
 from numclip.models.ordinal import load_model
 
 K = 5
@@ -91,7 +92,15 @@ def test_evaluation_outputs(run_dir):
     assert sum(map(sum, m["test"]["confusion"])) == m["test"]["n"]
     assert 0.0 <= m["ordinality"]["overall"] <= 1.0
     assert m["ordinality_initial"] is not None, "the cached initial prototypes are compared"
-    for name in ("confusion", "per_rank_error", "prototype_similarity"):
+    for key in ("mae_median", "kendall_tau", "balanced_accuracy", "macro_f1", "cs@0", "cs@2", "ece", "nll", "rps"):
+        assert m["test"][key] is not None, key
+    assert m["test"]["cs@0"] == pytest.approx(m["test"]["accuracy"])
+    intervals = m["conformal"]
+    assert intervals["alpha"] == 0.1 and intervals["n"] == m["test"]["n"]
+    assert 0.6 <= intervals["coverage"] <= 1 and 1 <= intervals["mean_width"] <= K
+    assert len(intervals["per_rank_width"]) == K and intervals["curve"]["nominal"] == pytest.approx(
+        [0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
+    for name in ("confusion", "per_rank_error", "prototype_similarity", "intervals"):
         assert (run_dir / "figures" / "ordinalclip" / f"{name}.png").stat().st_size > 5000
     per_rank = list(csv.DictReader((run_dir / "plots" / "per_rank_error" / "ordinalclip.csv").open()))
     assert [int(r["rank"]) for r in per_rank] == list(range(K))
@@ -103,6 +112,8 @@ def test_evaluation_outputs(run_dir):
     assert all(f"| {m} |" in table for m in ("zeroshot", "coop", "ordinalclip"))
     rows = json.loads((run_dir / "metrics" / "comparison.json").read_text())
     assert rows["coop"]["test MAE (argmax)"] == pytest.approx(_metrics(run_dir, "coop")["test"]["mae_argmax"])
+    assert all(row["test coverage"] is not None and row["test interval width"] for row in rows.values())
+    assert "linear_probe" in rows and "| test coverage | test interval width |" in table
 
 
 def test_predict_round_trip_and_prototype_only_inference(run_dir):
@@ -114,8 +125,11 @@ def test_predict_round_trip_and_prototype_only_inference(run_dir):
     head = predict(run_dir / "models" / "coop.safetensors", paths,
                    head_file=run_dir / "artifacts" / "heads" / "coop.safetensors")
     for a, b in zip(full, head):
-        assert a.rank == b.rank
+        assert a.rank == b.rank and a.median == b.median
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+        assert a.lo is None and 0 <= b.lo <= b.hi < K, "only an evaluated head carries the calibrated threshold"
+    threshold = load_head(run_dir / "artifacts" / "heads" / "coop.safetensors").metadata["conformal"]["threshold"]
+    assert threshold == pytest.approx(_metrics(run_dir, "coop")["conformal"]["threshold"])
     # the same as the evaluation path over the dataset
     logits, _ = collect_logits(model, ImageRankDataset(manifest, "test", model.preprocess), 64, torch.device("cpu"))
     assert [p.rank for p in full] == logits.argmax(1)[:20].tolist()

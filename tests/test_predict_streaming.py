@@ -86,7 +86,7 @@ def test_iter_predict_reads_at_most_one_batch_ahead(predictor, images, tmp_path)
 
 
 def _header() -> list[str]:
-    return ["path", "rank", "expectation", *[f"p_{k}" for k in range(K)], "error"]
+    return ["path", "rank", "expectation", "median", "lo", "hi", *[f"p_{k}" for k in range(K)], "error"]
 
 
 def test_write_predictions_streams_rows_and_counts(tmp_path):
