@@ -40,6 +40,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     LogFilter,
     LogFilterFlowRunId,
+    LogFilterTextSearch,
 )
 from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
@@ -98,6 +99,40 @@ def test_metrics_changes_and_transient_errors():
     assert not is_transient(ValueError("Unable to acquire lock"))
 
 
+def test_stage_output_levels():
+    assert line_level("Running stage 'ingest':", from_stderr=False) == logging.INFO
+    assert line_level("skipped 3 files (by extension)", from_stderr=True) == logging.WARNING
+    assert line_level("WARNING: the model learned nothing", from_stderr=False) == logging.WARNING
+    assert line_level("ERROR: failed to reproduce 'ingest'", from_stderr=True) == logging.ERROR
+    assert line_level("numclip ingest: error: bad label", from_stderr=True) == logging.ERROR
+
+
+def _hang_stage(marker: str) -> str:
+    return (f"  hang:\n    cmd: echo {marker} started && echo {marker} on stderr 1>&2 && sleep {HANG_SECONDS}\n")
+
+
+def _sleepers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if (proc.info["cmdline"] or [])[-2:] == ["sleep", str(HANG_SECONDS)]:
+            found.append(proc)
+    return found
+
+
+def test_a_hung_stage_is_killed_at_its_timeout(tmp_path):
+    """A real `dvc repro` in a bare DVC project: stdout at INFO, stderr at WARNING, killed at the timeout."""
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=60, env=dvc_env(tmp_path))
+    (tmp_path / "dvc.yaml").write_text("stages:\n" + _hang_stage("unit"))
+    lines: list[tuple[int, str]] = []
+    started = time.monotonic()
+    with pytest.raises(StageTimedOut, match="dvc repro hang timed out after 3 s") as caught:
+        run_stage("hang", tmp_path, log=lambda level, line: lines.append((level, line)), timeout_s=3)
+    assert time.monotonic() - started < 30
+    assert (logging.INFO, "unit started") in lines and (logging.WARNING, "unit on stderr") in lines
+    assert "unit started" in caught.value.tail and not is_transient(caught.value)
+    assert not _sleepers(), "the stage's command was killed with dvc"
+
+
 def test_serve_without_a_server_says_so(tmp_path):
     env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{_free_port()}/api")
     proc = subprocess.run([sys.executable, "-m", "flows.serve", "--wait", "1"], cwd=REPO, env=env,
@@ -141,7 +176,8 @@ def server(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
+               PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2")
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -168,7 +204,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    return make_tiny_repo(tmp_path_factory.mktemp("repo"), methods=["zeroshot", "coop"])
+    repo = make_tiny_repo(tmp_path_factory.mktemp("repo"), methods=["zeroshot", "coop"])
+    for path in [*(REPO / "flows").glob("*.py"), REPO / "prefect.yaml"]:  # this checkout's, committed or not
+        shutil.copy2(path, repo / path.relative_to(REPO))
+    return repo
 
 
 def _env(server_env: dict, repo: Path) -> dict:
@@ -188,11 +227,13 @@ class RunLogs(logging.Handler):
     def __init__(self, trigger: str | None = None):
         super().__init__()
         self.messages: list[str] = []
+        self.records: list[tuple[int, str]] = []
         self.trigger, self.event = trigger, threading.Event()
 
     def emit(self, record):
         message = record.getMessage()
         self.messages.append(message)
+        self.records.append((record.levelno, message))
         if self.trigger and self.trigger in message:
             self.event.set()
 
@@ -207,6 +248,9 @@ class RunLogs(logging.Handler):
 
     def text(self) -> str:
         return "\n".join(self.messages)
+
+    def at(self, level: int) -> str:
+        return "\n".join(message for levelno, message in self.records if levelno == level)
 
 
 def _task_runs(state) -> dict[str, int]:
@@ -230,32 +274,111 @@ def _latest_report() -> str:
     return max(artifacts, key=lambda a: a.created).data
 
 
+def _failure_report(flow_run_id) -> str:
+    """The `numclip-failure` artifact of one flow run."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[FAILURE_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert len(artifacts) == 1, artifacts
+    return artifacts[0].data
+
+
+def _cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
+    proc = subprocess.run(["prefect", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _scheduler_errors(server_env: dict) -> list[str]:
+    """The server log's lines that report a scheduler failure (such as SQLAlchemy 2.1's bulk DML error)."""
+    log = (Path(server_env["PREFECT_HOME"]) / "server.log").read_text(errors="replace").splitlines()
+    return [line for line in log if ("ERROR" in line and "schedul" in line.lower())
+            or "sqlalchemy.exc" in line or "bulk DML" in line]
+
+
+def _auto_scheduled_runs(deployment_id, at_least: int = 1) -> list:
+    """The deployment's Scheduled runs that the server's scheduler created, polled for a bounded time."""
+    deadline = time.monotonic() + SCHEDULER_WAIT_S
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+            runs = [r for r in runs if r.auto_scheduled]
+            if len(runs) >= at_least or time.monotonic() > deadline:
+                return runs
+            time.sleep(1)
+
+
+def _deployment_id(name: str):
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name).id
+
+
+def _start(args: list[str], env: dict, cwd: Path, log_path: Path, ready: str) -> subprocess.Popen:
+    """Start a long-running process in its own session; wait (bounded) until its log shows `ready`."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + SERVER_START_S
+    while ready not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(f"{' '.join(args[:4])} did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+        time.sleep(0.5)
+    return proc
+
+
+def _watch(env: dict, deployment: str, *params: str) -> subprocess.CompletedProcess:
+    args = ["prefect", "deployment", "run", deployment, "--watch", "--watch-timeout", str(RUN_TIMEOUT_S)]
+    for param in params:
+        args += ["--param", param]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60)
+
+
+# -------------------------------------------------------------------------------- the scheduler
+def test_the_server_scheduler_creates_the_runs_of_a_cron_deployment(server):
+    """The server's own scheduler service (not a client) creates a cron deployment's runs, with no error.
+
+    With SQLAlchemy 2.1 it fails on every cycle (bulk DML error in the server log) and creates none:
+    the `flows` extra holds SQLAlchemy below 2.1."""
+    created = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    deployment_id = retrain.to_deployment(name="scheduler-check", schedule=Cron("* * * * *", timezone="UTC")).apply()
+    try:
+        runs = _auto_scheduled_runs(deployment_id, at_least=3)
+        assert len(runs) >= 3, f"no scheduled run in {SCHEDULER_WAIT_S} s:\n" + "\n".join(_scheduler_errors(server))
+        starts = sorted(r.expected_start_time for r in runs)
+        assert all(t.second == 0 and t.microsecond == 0 for t in starts), starts
+        assert len(set(starts)) == len(starts) and starts[0] >= created, (created, starts[:3])
+        assert all(r.idempotency_key.startswith(f"scheduled {deployment_id} ") for r in runs)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
+    assert not _scheduler_errors(server)
+
+
 # ---------------------------------------------------------------------------------- end to end
 def test_served_deployment_run_end_to_end(server, repo):
-    """Serve both deployments, trigger one with the real CLI, watch it finish, read its artifacts."""
+    """Serve both deployments, trigger one with the real CLI, watch it finish, read its artifacts; the
+    nightly deployment's cron runs are created by the server's scheduler."""
     env = _env(server, repo)
-    serve_log = open(repo.parent / "serve.log", "w")
-    serving = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=repo, env=env, stdout=serve_log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    hour = (datetime.now(timezone.utc).hour + 12) % 24  # a nightly run never falls due during the test
+    serving = _start([sys.executable, "-m", "flows.serve", "--cron", f"0 {hour} * * *", "--timezone", "UTC"],
+                     env, repo, repo.parent / "serve.log", ready="numclip-retrain/on-demand")
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while "numclip-retrain/on-demand" not in (repo.parent / "serve.log").read_text():
-            if serving.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("flows.serve did not start:\n" + (repo.parent / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
-        ls = subprocess.run(["prefect", "deployment", "ls"], env=env, capture_output=True, text=True,
-                            timeout=60, check=True).stdout
+        ls = _cli(env, "deployment", "ls")
         assert "numclip-retrain/nightly" in ls and "numclip-retrain/on-demand" in ls
-        run = subprocess.run(
-            ["prefect", "deployment", "run", "numclip-retrain/on-demand", "--param",
-             'overrides=["train.epochs=3"]', "--watch", "--watch-timeout", str(RUN_TIMEOUT_S)],
-            env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60)
+        run = _watch(env, "numclip-retrain/on-demand", 'overrides=["train.epochs=3"]')
         assert run.returncode == 0 and "Completed" in run.stdout, \
             run.stdout[-3000:] + run.stderr[-2000:] + (repo.parent / "serve.log").read_text()[-5000:]
+        nightly = _auto_scheduled_runs(_deployment_id("numclip-retrain/nightly"))  # while served
     finally:
         _stop(serving)
-        serve_log.close()
     assert serving.poll() is not None
+    assert nightly and {(r.expected_start_time.astimezone(timezone.utc).hour, r.expected_start_time.minute)
+                        for r in nightly} == {(hour, 0)}
+    assert not _scheduler_errors(server)
 
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert set(comparison) == {"zeroshot", "coop"}
@@ -263,25 +386,112 @@ def test_served_deployment_run_end_to_end(server, repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert lock["train@coop"]["params"]["params.yaml"]["train"]["epochs"] == 3
 
-    listed = subprocess.run(["prefect", "artifact", "ls"], env=env, capture_output=True, text=True,
-                            timeout=60, check=True).stdout
+    listed = _cli(env, "artifact", "ls")
     assert "numclip-metrics" in listed and "numclip-report" in listed
-    table = subprocess.run(["prefect", "artifact", "inspect", "numclip-metrics", "--limit", "1"], env=env,
-                           capture_output=True, text=True, timeout=60, check=True).stdout
+    table = _cli(env, "artifact", "inspect", "numclip-metrics", "--limit", "1")
     assert "coop" in table and "test MAE (argmax)" in table
     report = _latest_report()
     assert "`train.epochs=3`" in report and "train@coop" in report and "| coop |" in report
 
 
-def test_second_run_with_no_change_reruns_nothing(server, repo, dvc_site_cache):
+def test_work_pool_deployment_runs_on_a_process_worker(server, repo):
+    """prefect.yaml: `prefect deploy --all` registers both deployments on the `numclip` pool, and a real
+    `prefect worker start --pool numclip --type process` runs one. Nothing changed, so nothing reruns."""
+    env = {**_env(server, repo), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     lock_before = (repo / "dvc.lock").read_text()
-    with RunLogs() as logs:
-        result = retrain(project_dir=str(repo))
-    assert result["ran"] == [] and result["changed_params"] == []
-    assert (repo / "dvc.lock").read_text() == lock_before
-    assert "didn't change, skipping" in logs.text(), "the stages' own output reaches the Prefect logs"
+    _cli(env, "work-pool", "create", "numclip", "--type", "process")
+    _cli(env, "deploy", "--all", "--no-prompt", cwd=repo)
+    ls = _cli(env, "deployment", "ls")
+    assert "numclip-retrain/nightly" in ls and "numclip-retrain/on-demand" in ls
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("numclip-retrain/nightly")
+        on_demand = client.read_deployment_by_name("numclip-retrain/on-demand")
+    assert nightly.work_pool_name == on_demand.work_pool_name == "numclip"
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"] and not on_demand.schedules
+    runs = _auto_scheduled_runs(nightly.id)
+    assert runs and {(r.expected_start_time.hour, r.expected_start_time.minute) for r in runs} == {(2, 0)}
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(nightly.id)  # a 02:00 run must not start during the test
+
+    worker = _start(["prefect", "worker", "start", "--pool", "numclip", "--type", "process", "--limit", "1"],
+                    env, repo, repo.parent / "worker.log", ready="started")
+    try:
+        run = _watch(env, "numclip-retrain/on-demand")
+        assert run.returncode == 0 and "Completed" in run.stdout, \
+            run.stdout[-3000:] + run.stderr[-2000:] + (repo.parent / "worker.log").read_text()[-5000:]
+    finally:
+        _stop(worker)
+    assert (repo / "dvc.lock").read_text() == lock_before, "nothing was stale: nothing reran"
     report = _latest_report()
     assert "Nothing was stale" in report and "No metric changed." in report
+
+    with get_client(sync_client=True) as client:
+        [flow_run] = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
+            any_=[on_demand.id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    skipping = [log for log in logs if "didn't change, skipping" in log.message]
+    assert skipping and all(log.level == logging.INFO for log in skipping), "the stages' output, in the API"
+    names = {r.name for r in task_runs}
+    assert {"dvc repro train@zeroshot", "dvc repro train@coop"} <= names, "one task per trained method"
+    assert "dvc repro train" not in names
+
+
+@pytest.fixture()
+def hung_stage(repo):
+    """A first stage that prints two lines and hangs, in the repository's dvc.yaml while the test runs."""
+    original = (repo / "dvc.yaml").read_text()
+    assert "\nstages:\n" in original
+    (repo / "dvc.yaml").write_text(original.replace("\nstages:\n", "\nstages:\n" + _hang_stage("flow"), 1))
+    try:
+        yield
+    finally:
+        (repo / "dvc.yaml").write_text(original)
+        for proc in _sleepers():  # only if the test failed to see it killed
+            proc.kill()
+
+
+def test_a_hung_stage_fails_the_run_at_its_timeout_and_is_reported(server, repo, dvc_site_cache, hung_stage):
+    params_before = (repo / "params.yaml").read_text()
+    started = time.monotonic()
+    with RunLogs() as logs:
+        state = retrain(project_dir=str(repo), stage_timeout_s=3, retries=2, retry_delay_seconds=0.5,
+                        return_state=True)
+    assert time.monotonic() - started < 60
+    assert state.is_failed() and "dvc repro hang timed out after 3 s" in state.message
+    assert _task_runs(state) == {"set-params": 1, "dvc repro hang": 1}, "a timeout is not retried"
+    assert not _sleepers(), "the hung command was killed"
+    assert "flow started" in logs.at(logging.INFO) and "flow on stderr" in logs.at(logging.WARNING)
+    errors = logs.at(logging.ERROR)
+    assert "dvc repro hang timed out" in errors and "in stage 'hang'" in errors, "the alert, at ERROR"
+    failure = _failure_report(state.state_details.flow_run_id)
+    assert "- stage: `hang`" in failure and "flow started" in failure and "timed out after 3 s" in failure
+    assert (repo / "params.yaml").read_text() == params_before
+
+
+def test_the_flow_timeout_stops_the_run_and_kills_the_stage(server, repo, dvc_site_cache, hung_stage):
+    started = time.monotonic()
+    with RunLogs() as logs:
+        state = retrain.with_options(timeout_seconds=5)(project_dir=str(repo), return_state=True)
+    assert time.monotonic() - started < 60
+    assert state.is_failed() and state.name == "TimedOut", (state.name, state.message)
+    assert not _sleepers(), "the stage running when the flow timed out was killed"
+    assert "in stage 'hang'" in logs.at(logging.ERROR)
+    failure = _failure_report(state.state_details.flow_run_id)
+    assert "- stage: `hang`" in failure and "flow started" in failure
+
+
+def test_two_runs_never_share_the_workspace(server, repo, dvc_site_cache):
+    params_before = (repo / "params.yaml").read_text()
+    with concurrency(WORKSPACE_LIMIT, occupy=1, strict=True):  # another run holds the workspace
+        state = retrain(overrides=["train.epochs=4"], project_dir=str(repo), workspace_wait_s=2, return_state=True)
+    assert state.is_failed() and "held the workspace" in state.message and WORKSPACE_LIMIT in state.message
+    assert _task_runs(state) == {}, "no task ran"
+    assert (repo / "params.yaml").read_text() == params_before
+    assert "- stage: none" in _failure_report(state.state_details.flow_run_id)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(WORKSPACE_LIMIT)
+    assert limit.limit == 1 and limit.active_slots == 0, "released"
 
 
 def _drop(repo: Path, name: str, per_label: int = 3) -> None:
@@ -320,7 +530,8 @@ def test_transient_failure_is_retried_and_the_flow_completes(server, repo, dvc_s
             releaser.join()
     assert state.is_completed(), state.message
     assert _task_runs(state)["dvc repro ingest"] == 2
-    assert "Unable to acquire lock" in logs.text()
+    assert "Unable to acquire lock" in logs.at(logging.ERROR), "DVC's error line, at ERROR"
+    assert "transient: retried" in logs.at(logging.WARNING)
 
 
 def test_persistent_failure_fails_the_flow_with_the_error_in_the_logs(server, repo, dvc_site_cache):
@@ -348,7 +559,9 @@ def test_stage_error_fails_at_once_with_the_stage_message(server, repo, dvc_site
     assert state.is_failed()
     assert "numclip ingest: error:" in state.message and "labels.csv" in state.message
     assert _task_runs(state)["dvc repro ingest"] == 1, "not transient: no retry"
-    assert "numclip ingest: error:" in logs.text()
+    assert "numclip ingest: error:" in logs.at(logging.ERROR)
+    failure = _failure_report(state.state_details.flow_run_id)
+    assert "- stage: `ingest`" in failure and "numclip ingest: error:" in failure
 
 
 def test_bad_override_fails_before_any_stage(server, repo, dvc_site_cache):
@@ -357,3 +570,34 @@ def test_bad_override_fails_before_any_stage(server, repo, dvc_site_cache):
     assert state.is_failed() and "train.epochs" in state.message
     assert (repo / "params.yaml").read_text() == params_before
     assert not any(name.startswith("dvc repro") for name in _task_runs(state))
+    assert "- stage: `set-params`" in _failure_report(state.state_details.flow_run_id)
+
+
+def test_a_crashed_run_is_reported_from_the_api(server, repo, dvc_site_cache, hung_stage):
+    """The process running the flow dies (SIGKILL): its runner calls the on_crashed hook from another process,
+    which finds the stage and its last lines in the API. Last in the module: the dead run's workspace slot
+    stays taken until its lease lapses."""
+    env = _env(server, repo)
+    script = f"from flows.retrain import retrain; retrain(project_dir={str(repo)!r})"
+    with get_client(sync_client=True) as client:
+        earlier = {r.id for r in client.read_flow_runs()}
+    runner = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        with get_client(sync_client=True) as client:
+            while True:  # until the stage's first line has reached the API
+                logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query='"flow started"')))
+                if mine := [log for log in logs if log.flow_run_id not in earlier]:
+                    break
+                assert runner.poll() is None and time.monotonic() < deadline, "the flow never reached the stage"
+                time.sleep(0.5)
+            flow_run = client.read_flow_run(mine[0].flow_run_id)
+        os.killpg(runner.pid, signal.SIGKILL)  # the flow's process and its stage die at once: no hook runs there
+        runner.wait(timeout=30)
+    finally:
+        _stop(runner)
+    forget_unfinished_stage()  # this test process ran no stage: the hook has only the API to go on
+    alert_failure(retrain, flow_run, Crashed(message="Flow run process exited with signal SIGKILL"))
+    failure = _failure_report(flow_run.id)
+    assert "- stage: `hang`" in failure and "flow started" in failure and "Crashed" in failure

@@ -94,9 +94,9 @@ def test_model_files_with_a_damaged_card_are_one_line_errors(saved, tmp_path, ca
 
 def test_damaged_or_special_model_head_and_backbone_files(saved, tmp_path):
     cfg = lambda path: ModelConfig(arch="numclip-tiny", pretrained=str(path))  # noqa: E731
-    from numclip.models.head import load_prototypes
+    from numclip.models.head import load_head
 
-    for name, load in (("model", load_model), ("head", load_prototypes),
+    for name, load in (("model", load_model), ("head", load_head),
                        ("backbone", lambda p: create_backbone(cfg(p)))):
         folder = tmp_path / name
         folder.mkdir()
@@ -129,6 +129,8 @@ def test_head_files_that_do_not_fit_their_model(saved, tmp_path, capsys):
         "infinite scale": {**tensors, "logit_scale": torch.tensor(float("inf"))},
         "two scales": {**tensors, "logit_scale": torch.ones(2)},
         "no prototypes": {"logit_scale": tensors["logit_scale"]},
+        "a bias of another length": {**tensors, "bias": torch.zeros(K + 1)},
+        "a NaN bias": {**tensors, "bias": torch.full((K,), float("nan"))},
     }
     head = tmp_path / "h.safetensors"
     for what, bad in bad_tensors.items():
@@ -137,6 +139,10 @@ def test_head_files_that_do_not_fit_their_model(saved, tmp_path, capsys):
     for what, text in json_shapes():
         save_file(tensors, str(head), metadata={"numclip": text})
         one_line_error(lambda: Predictor(saved / "model.safetensors", head), "h.safetensors", what=what)
+    record = json.loads(meta["numclip"])
+    for bad in ("x", [], {"threshold": "0.5"}, {"threshold": True}, {"threshold": float("inf")}, 3):
+        save_file(tensors, str(head), metadata={"numclip": json.dumps({**record, "conformal": bad})})
+        one_line_error(lambda: Predictor(saved / "model.safetensors", head), "h.safetensors", what=f"conformal={bad}")
     save_file(bad_tensors["another width"], str(head), metadata=meta)
     cli_error(capsys, ["predict", "--model", str(saved / "model.safetensors"), str(saved), "--head", str(head),
                        "--out", str(tmp_path / "p.csv")], "h.safetensors", "model.safetensors", "width")

@@ -97,7 +97,7 @@ def test_write_predictions_streams_rows_and_counts(tmp_path):
         for i in range(n):  # the writer's loop variable still holds row i-1; row i-2 must be gone
             assert i < 2 or alive[i - 2]() is None, "rows already written are not kept"
             p = (Prediction(f"bad{i}.png", error=f"cannot read image bad{i}.png") if i % 100 == 7
-                 else Prediction(f"img{i}.png", i % K, i % K + 0.25, [1.0 / K] * K))
+                 else Prediction(f"img{i}.png", i % K, i % K + 0.25, [1.0 / K] * K, median=2, lo=1, hi=3))
             alive.append(weakref.ref(p))
             yield p
 
@@ -106,8 +106,8 @@ def test_write_predictions_streams_rows_and_counts(tmp_path):
     assert (counts.predicted, counts.failed, counts.first_error) == (n - 5, 5, "cannot read image bad7.png")
     rows = list(csv.reader(out.open(newline="")))
     assert rows[0] == _header() and len(rows) == n + 1
-    assert rows[1] == ["img0.png", "0", "0.2500", *["0.200000"] * K, ""]
-    assert rows[8] == ["bad7.png", "", "", *[""] * K, "cannot read image bad7.png"]
+    assert rows[1] == ["img0.png", "0", "0.2500", "2", "1", "3", *["0.200000"] * K, ""]
+    assert rows[8] == ["bad7.png", "", "", "", "", "", *[""] * K, "cannot read image bad7.png"]
     assert b"\r" not in out.read_bytes()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +42,6 @@ class Prediction:
     median: Optional[int] = None  # the median read-out of the rank distribution
     lo: Optional[int] = None  # the conformal interval [lo, hi] (a head exported by `numclip evaluate`)
     hi: Optional[int] = None
-
-
-_NOT_CALIBRATED = object()  # a head without a conformal threshold, or no head: no intervals
 
 
 @dataclass
@@ -137,11 +133,6 @@ class Predictor:
         self.head.prototypes = self.head.prototypes.to(self.device)
         if self.head.bias is not None:
             self.head.bias = self.head.bias.detach().float().to(self.device)
-        threshold = self.head.metadata.get("conformal", {}).get("threshold", _NOT_CALIBRATED)
-        # None: calibration could not reach the level (too few val images): every interval is all ranks
-        self.threshold = math.inf if threshold is None else threshold
-        if self.threshold is not _NOT_CALIBRATED and not isinstance(self.threshold, (int, float)):
-            raise NumclipError(f"{head_file}: conformal threshold must be a number, got {self.threshold!r}")
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -159,8 +150,8 @@ class Predictor:
             logits = self.logits(torch.stack([t for _, t in batch]))
             rank, value = self.model.readout(logits)
             ranks = self.model.rank_probabilities(logits).cpu().numpy()
-            lo, hi = ([None] * len(batch),) * 2 if self.threshold is _NOT_CALIBRATED else \
-                (x.tolist() for x in prediction_intervals(ranks, self.threshold))
+            lo, hi = ([None] * len(batch),) * 2 if self.head.threshold is None else \
+                (x.tolist() for x in prediction_intervals(ranks, self.head.threshold))
             out = [Prediction(str(path), r, v, p.tolist(), median=m, lo=a, hi=b)
                    for (path, _), r, v, p, m, a, b in zip(batch, rank.tolist(), value.tolist(),
                                                           probabilities(logits).cpu(), median_rank(ranks).tolist(),

@@ -8,6 +8,7 @@ Prototypes depend only on the prompts, so after training they are saved once and
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from numclip.core.atomic import atomic_path
 from numclip.core.errors import NumclipError
 from numclip.core.metadata import json_object, open_safetensors
+from numclip.core.text import one_line
 from numclip.kernels import Impl, cosine_logits, cosine_ranking_cross_entropy  # noqa: F401  the seam (kernels)
 
 
@@ -40,6 +42,23 @@ class ExportedHead:
     scale: float
     bias: Optional[torch.Tensor]
     metadata: dict[str, Any]
+    threshold: Optional[float] = None  # the conformal threshold (inf: every interval is all ranks); None: none
+
+
+def _conformal_threshold(meta: dict[str, Any], path: str | Path) -> Optional[float]:
+    """The threshold `numclip evaluate` recorded (null there: calibration could not reach 1 - alpha with so
+    few val images, so every interval is all ranks); None for a head without one."""
+    if "conformal" not in meta:
+        return None
+    record = meta["conformal"]
+    value = record.get("threshold") if isinstance(record, dict) else record
+    if value is None and isinstance(record, dict):
+        return math.inf
+    if not isinstance(record, dict) or isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise NumclipError(f"{path}: head record key conformal.threshold must be a finite number or null, "
+                           f"got {one_line(repr(value))[:80]} (export the head again with `numclip evaluate`)")
+    return float(value)
 
 
 def save_prototypes(path: str | Path, prototypes: torch.Tensor, logit_scale: float,
@@ -73,4 +92,5 @@ def load_head(path: str | Path) -> ExportedHead:
                            f"got {list(bias.shape)} {bias.dtype}")
     if not all(torch.isfinite(t).all() for t in (prototypes, scale) + (() if bias is None else (bias,))):
         raise NumclipError(f"{path}: prototypes, logit_scale or bias hold NaN or infinite values")
-    return ExportedHead(prototypes.float(), float(scale), None if bias is None else bias.float(), meta)
+    return ExportedHead(prototypes.float(), float(scale), None if bias is None else bias.float(), meta,
+                        _conformal_threshold(meta, path))
