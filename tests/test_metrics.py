@@ -136,6 +136,17 @@ def test_distribution_metrics_hand_computed():
     json.dumps(m, allow_nan=False)
 
 
+def test_a_given_rank_read_out_replaces_the_argmax():
+    """NumCLIP's rank is its regressor's, not the argmax of the spread distribution: the point metrics follow it,
+    the distribution's (ECE, NLL, RPS, median) do not."""
+    own = distribution_metrics(DIST_TARGET, DIST_PROBS, num_ranks=4)
+    given = distribution_metrics(DIST_TARGET, DIST_PROBS, num_ranks=4, pred_rank=DIST_TARGET)
+    assert given["balanced_accuracy"] == given["macro_f1"] == given["cs"][0] == 1.0
+    assert all(given[k] == own[k] for k in ("ece", "nll", "rps", "mae_median", "kendall_tau"))
+    with pytest.raises(ValueError, match="pred_rank"):
+        distribution_metrics(DIST_TARGET, DIST_PROBS, num_ranks=4, pred_rank=[0, 1])
+
+
 def test_perfect_predictor():
     y = np.array([0, 1, 1, 3, 4, 4, 4])
     m = distribution_metrics(y, np.eye(5)[y], num_ranks=5, cs_ks=(0, 3))

@@ -61,7 +61,8 @@ def metrics_from_logits(model: RankPromptModel, logits: torch.Tensor, targets: t
     device = next(model.parameters()).device
     rank, value = model.readout(logits.to(device))
     metrics = ordinal_metrics(targets.numpy(), rank.cpu().numpy(), value.float().cpu().numpy(), model.num_ranks)
-    spread = distribution_metrics(targets.numpy(), model.rank_probabilities(logits).numpy(), model.num_ranks, cs_k)
+    spread = distribution_metrics(targets.numpy(), model.rank_probabilities(logits).numpy(), model.num_ranks, cs_k,
+                                  pred_rank=rank.cpu().numpy())
     metrics.update({f"cs@{k}": share for k, share in spread.pop("cs").items()}, **spread)
     classes = model.class_targets(targets.to(device)).cpu()
     metrics["class_accuracy"] = float((logits.argmax(dim=1) == classes).float().mean())

@@ -180,7 +180,8 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray, num_ranks: int) -> float:
 
 
 def distribution_metrics(
-    target: Any, probs: Any, num_ranks: int, cs_ks: Iterable[int] = (0, 1, 2), num_bins: int = 15
+    target: Any, probs: Any, num_ranks: int, cs_ks: Iterable[int] = (0, 1, 2), num_bins: int = 15,
+    pred_rank: Any = None,
 ) -> dict[str, Any]:
     """Metrics that need the whole rank distribution p [N, K], not just two read-outs of it.
 
@@ -195,7 +196,8 @@ def distribution_metrics(
     - `nll`: mean -log p_y, p_y clipped below at 1e-12.
     - `rps`: ranked probability score, mean over images of sum_{k=0}^{K-1} (CDF_p(k) - 1[y <= k])^2,
       NOT divided by K - 1: it is in ranks, like an MAE (a one-hot prediction scores exactly |pred - y|).
-    Argmax ties go to the smaller rank (numpy's argmax).
+    Argmax ties go to the smaller rank (numpy's argmax). `pred_rank` [N], when given, is the model's own rank
+    read-out (NumCLIP's rounded regressor) and replaces p's argmax in balanced accuracy, macro-F1 and CS@k.
     """
     if num_ranks < 1:
         raise ValueError(f"num_ranks must be >= 1, got {num_ranks}")
@@ -211,7 +213,9 @@ def distribution_metrics(
         raise ValueError("no samples to evaluate")
 
     ranks = np.arange(num_ranks)
-    arg = p.argmax(axis=1)
+    arg = p.argmax(axis=1) if pred_rank is None else as_rank_labels("pred_rank", pred_rank, num_ranks)
+    if arg.size != y.size:
+        raise ValueError(f"lengths differ: target {y.size}, pred_rank {arg.size}")
     arg_err = np.abs(arg - y)
     expectation = p @ ranks.astype(np.float64)
     present = np.bincount(y, minlength=num_ranks)
