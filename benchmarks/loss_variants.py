@@ -31,16 +31,8 @@ VARIANTS = {
     "coop soft_ce (sigma 1) + kl": "{learner: plain, loss: {ce: 0.0, kl: 1.0, soft_ce: 1.0, soft_sigma: 1.0}}",
     "coop dldl (sigma 1) + kl": "{learner: plain, loss: {ce: 0.0, kl: 1.0, dldl: 1.0, soft_sigma: 1.0}}",
 }
-COLUMNS = [  # (header, section, key)
-    ("test MAE (argmax)", "test", "mae_argmax"),
-    ("test MAE (expectation)", "test", "mae_expectation"),
-    ("test accuracy", "test", "accuracy"),
-    ("test ECE", "test", "ece"),
-    ("test NLL", "test", "nll"),
-    ("test RPS", "test", "rps"),
-    ("coverage (alpha 0.1)", "conformal", "coverage"),
-    ("width", "conformal", "mean_width"),
-]
+COLUMNS = ["test_mae", "test_mae_expectation", "test_accuracy", "test_ece", "test_nll", "test_rps", "coverage",
+           "width"]  # of the comparison table's (evaluate.columns)
 
 
 def main() -> None:
@@ -49,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "loss_variants"))
     args = parser.parse_args()
     out = Path(args.out)
+    columns = [load_params("params.yaml").evaluate.column(name) for name in COLUMNS]
     rows = []
     start = time.time()
     work = Path(tempfile.mkdtemp(prefix="loss-variants-"))  # models, runs and figures: not kept
@@ -60,7 +53,7 @@ def main() -> None:
             train(params, name, log=lambda _: None)
             result = evaluate(params, name, log=lambda _: None)
             rows.append({"variant": label, "seed": seed,
-                         **{header: result[section][key] for header, section, key in COLUMNS}})
+                         **{header: result[section][key] for header, section, key in columns}})
             print(f"seed {seed} {label}: test MAE {result['test']['mae_argmax']:.3f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "loss_variants.csv").open("w", newline="") as f:
@@ -69,10 +62,10 @@ def main() -> None:
         writer.writerows(rows)
     lines = [f"Measured {datetime.date.today()}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
              f"train.seed in {args.seeds}, {time.time() - start:.0f} s. Mean ± std over the seeds.", "",
-             "| variant | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+             "| variant | " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for label in VARIANTS:
         cells = []
-        for header, _, _ in COLUMNS:
+        for header, _, _ in columns:
             values = [r[header] for r in rows if r["variant"] == label]
             cells.append(f"{mean(values):.3f} ± {stdev(values) if len(values) > 1 else 0.0:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
