@@ -150,8 +150,10 @@ class Predictor:
             logits = self.logits(torch.stack([t for _, t in batch]))
             rank, value = self.model.readout(logits)
             ranks = self.model.rank_probabilities(logits).cpu().numpy()
-            lo, hi = ([None] * len(batch),) * 2 if self.head.threshold is None else \
-                (x.tolist() for x in prediction_intervals(ranks, self.head.threshold))
+            if self.head.threshold is None:  # no calibrated head: no intervals
+                lo = hi = [None] * len(batch)
+            else:
+                lo, hi = (x.tolist() for x in prediction_intervals(ranks, self.head.threshold))
             out = [Prediction(str(path), r, v, p.tolist(), median=m, lo=a, hi=b)
                    for (path, _), r, v, p, m, a, b in zip(batch, rank.tolist(), value.tolist(),
                                                           probabilities(logits).cpu(), median_rank(ranks).tolist(),
@@ -196,10 +198,8 @@ def write_predictions(predictions: Iterable[Prediction], path: str | Path, num_c
                          *[f"p_{k}" for k in range(num_classes)], "error"])
         for p in predictions:
             probs = [f"{x:.6f}" for x in p.probabilities] if p.probabilities else [""] * num_classes
-            expectation = None if p.expectation is None else f"{p.expectation:.4f}"
-            writer.writerow([printable(p.path), *("" if v is None else v for v in (p.rank, expectation, p.median,
-                                                                                      p.lo, p.hi)),
-                             *probs, printable(p.error)])
+            cells = [p.rank, None if p.expectation is None else f"{p.expectation:.4f}", p.median, p.lo, p.hi]
+            writer.writerow([printable(p.path), *("" if v is None else v for v in cells), *probs, printable(p.error)])
             if groups is not None and not p.error:
                 groups.add(p)
             if p.error:
