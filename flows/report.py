@@ -27,9 +27,15 @@ def _numeric_leaves(node: object, prefix: str = "") -> dict[str, float]:
     return {}
 
 
+DVC_QUERY_TIMEOUT_S = 600  # `dvc metrics show/diff` read files only: minutes mean something is stuck
+
+
 def _dvc(project: Path, *args: str) -> str:
-    proc = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True,
-                          env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    try:
+        proc = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True,
+                              env=dict(os.environ, DVC_NO_ANALYTICS="1"), timeout=DVC_QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"dvc {' '.join(args)} did not finish in {DVC_QUERY_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout

@@ -6,6 +6,10 @@
 
 Run from the project root with the Prefect API configured (see the README):
     python -m flows.serve [--cron "0 2 * * *"] [--timezone UTC]
+
+This is the one-process option: the schedule runs only while this process does (Prefect pauses the
+served deployments when it stops). `prefect.yaml` registers the same deployments on a work pool, for
+`prefect worker start --pool numclip --type process` (docs/orchestration.md).
 """
 
 from __future__ import annotations

@@ -40,7 +40,6 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     LogFilter,
     LogFilterFlowRunId,
-    LogFilterTextSearch,
 )
 from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
@@ -61,6 +60,7 @@ from numclip.core.errors import NumclipError
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_S = 120
 RUN_TIMEOUT_S = 600
+PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of this interpreter's prefect (and its SQLAlchemy)
 SCHEDULER_WAIT_S = 60  # the server schedules a new deployment within seconds (recent-deployments loop: 2 s here)
 HANG_SECONDS = 347  # `sleep 347`: the hung stage, recognisable among this machine's processes
 
@@ -154,8 +154,13 @@ def _free_port() -> int:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session and everything it started."""
+    """Stop a process started with start_new_session and everything it started, in its session or not
+    (a worker may start each flow run in a session of its own)."""
     started = time.monotonic()
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -167,6 +172,11 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     print(f"stopped {proc.args[:3]} in {time.monotonic() - started:.1f} s")
 
 
@@ -179,7 +189,7 @@ def server(tmp_path_factory):
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
                PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2")
     log = open(home / "server.log", "w")
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -284,7 +294,7 @@ def _failure_report(flow_run_id) -> str:
 
 
 def _cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run(["prefect", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -296,11 +306,12 @@ def _scheduler_errors(server_env: dict) -> list[str]:
             or "sqlalchemy.exc" in line or "bulk DML" in line]
 
 
-def _auto_scheduled_runs(deployment_id, at_least: int = 1) -> list:
-    """The deployment's Scheduled runs that the server's scheduler created, polled for a bounded time."""
+def _auto_scheduled_runs(deployment_id, at_least: int = 1, server_env: dict | None = None) -> list:
+    """The deployment's Scheduled runs that the server's scheduler created, polled for a bounded time (and
+    no longer once the server log shows a scheduler error)."""
     deadline = time.monotonic() + SCHEDULER_WAIT_S
     with get_client(sync_client=True) as client:
-        while True:
+        while not (server_env and _scheduler_errors(server_env)):
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
@@ -309,6 +320,7 @@ def _auto_scheduled_runs(deployment_id, at_least: int = 1) -> list:
             if len(runs) >= at_least or time.monotonic() > deadline:
                 return runs
             time.sleep(1)
+    return []
 
 
 def _deployment_id(name: str):
@@ -331,7 +343,7 @@ def _start(args: list[str], env: dict, cwd: Path, log_path: Path, ready: str) ->
 
 
 def _watch(env: dict, deployment: str, *params: str) -> subprocess.CompletedProcess:
-    args = ["prefect", "deployment", "run", deployment, "--watch", "--watch-timeout", str(RUN_TIMEOUT_S)]
+    args = [*PREFECT, "deployment", "run", deployment, "--watch", "--watch-timeout", str(RUN_TIMEOUT_S)]
     for param in params:
         args += ["--param", param]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60)
@@ -346,8 +358,8 @@ def test_the_server_scheduler_creates_the_runs_of_a_cron_deployment(server):
     created = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     deployment_id = retrain.to_deployment(name="scheduler-check", schedule=Cron("* * * * *", timezone="UTC")).apply()
     try:
-        runs = _auto_scheduled_runs(deployment_id, at_least=3)
-        assert len(runs) >= 3, f"no scheduled run in {SCHEDULER_WAIT_S} s:\n" + "\n".join(_scheduler_errors(server))
+        runs = _auto_scheduled_runs(deployment_id, at_least=3, server_env=server)
+        assert len(runs) >= 3, "the scheduler created no run:\n" + "\n".join(_scheduler_errors(server))
         starts = sorted(r.expected_start_time for r in runs)
         assert all(t.second == 0 and t.microsecond == 0 for t in starts), starts
         assert len(set(starts)) == len(starts) and starts[0] >= created, (created, starts[:3])
@@ -413,7 +425,7 @@ def test_work_pool_deployment_runs_on_a_process_worker(server, repo):
     with get_client(sync_client=True) as client:
         client.pause_deployment(nightly.id)  # a 02:00 run must not start during the test
 
-    worker = _start(["prefect", "worker", "start", "--pool", "numclip", "--type", "process", "--limit", "1"],
+    worker = _start([*PREFECT, "worker", "start", "--pool", "numclip", "--type", "process", "--limit", "1"],
                     env, repo, repo.parent / "worker.log", ready="started")
     try:
         run = _watch(env, "numclip-retrain/on-demand")
@@ -426,8 +438,8 @@ def test_work_pool_deployment_runs_on_a_process_worker(server, repo):
     assert "Nothing was stale" in report and "No metric changed." in report
 
     with get_client(sync_client=True) as client:
-        [flow_run] = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
-            any_=[on_demand.id])))
+        flow_run = max(client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
+            any_=[on_demand.id]))), key=lambda r: r.created)  # this one, after the served one
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     skipping = [log for log in logs if "didn't change, skipping" in log.message]
@@ -586,13 +598,14 @@ def test_a_crashed_run_is_reported_from_the_api(server, repo, dvc_site_cache, hu
     try:
         deadline = time.monotonic() + 90
         with get_client(sync_client=True) as client:
-            while True:  # until the stage's first line has reached the API
-                logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query='"flow started"')))
-                if mine := [log for log in logs if log.flow_run_id not in earlier]:
+            while True:  # until the stage's first line has reached the API (SQLite has no text search here)
+                new = [r.id for r in client.read_flow_runs() if r.id not in earlier]
+                logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=new))) if new else []
+                if any("flow started" in log.message for log in logs):
                     break
                 assert runner.poll() is None and time.monotonic() < deadline, "the flow never reached the stage"
                 time.sleep(0.5)
-            flow_run = client.read_flow_run(mine[0].flow_run_id)
+            [flow_run] = [client.read_flow_run(run_id) for run_id in new]
         os.killpg(runner.pid, signal.SIGKILL)  # the flow's process and its stage die at once: no hook runs there
         runner.wait(timeout=30)
     finally:
