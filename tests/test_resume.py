@@ -1,7 +1,8 @@
 """Reliability of training runs, each through the real CLI in its own process on tiny data:
 a run killed with SIGKILL at a random step and resumed ends bitwise equal to an uninterrupted one;
 two runs with the same seed agree exactly and record their seed and versions; two processes under
-torchrun (gloo) follow the one-process loss curve with the same global batch.
+torchrun (gloo) follow the one-process loss curve with the same global batch, on one node and as
+two nodes meeting at a rendezvous endpoint (both on loopback).
 """
 
 import json
@@ -10,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,10 +41,11 @@ def _args(*extra: str) -> list[str]:
     return [a for o in (*TINY, *extra) for a in ("--set", o)]
 
 
-def _numclip(root: Path, *args: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+def _numclip(root: Path, *args: str, launcher: tuple[str, ...] = (),
+             env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [*launcher, "-m", "numclip", *args] if launcher else [sys.executable, "-m", "numclip", *args]
     return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
 def _run(root: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
@@ -50,6 +53,29 @@ def _run(root: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     return out
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each process's output once all have exited with 0; fails at the first that does not, or at
+    the deadline (the caller stops the others)."""
+    outs: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(outs) < len(procs):
+        assert time.monotonic() < deadline, f"still running after {timeout} s"
+        for i, proc in enumerate(procs):
+            if i not in outs:
+                try:
+                    outs[i] = proc.communicate(timeout=0.2)[0]
+                except subprocess.TimeoutExpired:
+                    continue
+                assert proc.returncode == 0, outs[i]
+    return [outs[i] for i in range(len(procs))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _outputs(root: Path, method: str = "coop") -> tuple[dict, dict]:
@@ -83,6 +109,29 @@ def uninterrupted(project):
     """coop trained start to end, with BatchNorm in training mode, flips and class-balanced draws."""
     _run(project, "train", "--method", "coop", *_args("train.class_balanced=true"))
     return _outputs(project)
+
+
+@pytest.fixture(scope="module")
+def one_process(project):
+    """OrdinalCLIP trained by one process with BatchNorm frozen: the losses and training record that
+    runs under torchrun must reproduce."""
+    _run(project, "train", "--method", "ordinalclip", *_args("train.freeze_batchnorm=true"))
+    return _losses(project / "runs" / "ordinalclip"), _outputs(project, "ordinalclip")[1]
+
+
+def _follows_one_process(project: Path, one_process) -> None:
+    """The ordinalclip run just made by 2 processes under torchrun matches the one-process run."""
+    one, one_metrics = one_process
+    two = _losses(project / "runs" / "ordinalclip")
+    _, two_metrics = _outputs(project, "ordinalclip")
+    assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, STEPS + 1))
+    assert [v for _, v in two] == pytest.approx([v for _, v in one], rel=1e-4)
+    assert two_metrics["run"]["world_size"] == 2
+    for a, b in zip(two_metrics["history"], one_metrics["history"]):
+        assert a["mae_expectation"] == pytest.approx(b["mae_expectation"], abs=1e-3)
+    # rank 0 alone writes: TensorBoard event files (run and hparams) of one process
+    files = list((project / "runs" / "ordinalclip").glob("events.out.tfevents.*"))
+    assert files and len({re.search(r"\.(\d+)\.\d+$", f.name).group(1) for f in files}) == 1
 
 
 def test_a_run_killed_at_a_random_step_resumes_to_bitwise_equal_weights(project, uninterrupted):
@@ -137,23 +186,39 @@ def test_the_same_seed_gives_identical_runs_and_records_its_versions(project, un
         assert json.loads(f.metadata()["numclip"])["run"]["torch"] == torch.__version__
 
 
-def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(project):
-    frozen = _args("train.freeze_batchnorm=true")
-    _run(project, "train", "--method", "ordinalclip", *frozen)
-    one = _losses(project / "runs" / "ordinalclip")
-    _, one_metrics = _outputs(project, "ordinalclip")
+def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(project, one_process):
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
-    _run(project, "train", "--method", "ordinalclip", *frozen, launcher=torchrun)
-    two = _losses(project / "runs" / "ordinalclip")
-    _, two_metrics = _outputs(project, "ordinalclip")
-    assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, STEPS + 1))
-    assert [v for _, v in two] == pytest.approx([v for _, v in one], rel=1e-4)
-    assert two_metrics["run"]["world_size"] == 2
-    for a, b in zip(two_metrics["history"], one_metrics["history"]):
-        assert a["mae_expectation"] == pytest.approx(b["mae_expectation"], abs=1e-3)
-    # rank 0 alone writes: TensorBoard event files (run and hparams) of one process
-    files = list((project / "runs" / "ordinalclip").glob("events.out.tfevents.*"))
-    assert files and len({re.search(r"\.(\d+)\.\d+$", f.name).group(1) for f in files}) == 1
+    _run(project, "train", "--method", "ordinalclip", *_args("train.freeze_batchnorm=true"), launcher=torchrun)
+    _follows_one_process(project, one_process)
+
+
+def test_two_nodes_under_torchrun_follow_the_one_process_loss_curve(project, one_process):
+    """Two torchrun agents of one process each, started as on two machines (c10d rendezvous at node
+    0's address, which node 0 hosts), here both on loopback and in one folder: rank 0 alone writes,
+    the other process only reads the data and the pretrained backbone."""
+    port = _free_port()
+    loopback = next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
+    nodes: list[subprocess.Popen] = []
+    try:
+        for node in (0, 1):
+            torchrun = (sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                        "--rdzv-id", f"numclip-test-{os.getpid()}-{port}", "--rdzv-conf", f"is_host={node == 0}",
+                        "--local-addr", "127.0.0.1")
+            nodes.append(_numclip(project, "train", "--method", "ordinalclip", *_args("train.freeze_batchnorm=true"),
+                                  launcher=torchrun, env={"GLOO_SOCKET_IFNAME": loopback}))
+        outs = _wait_all(nodes, timeout=240)
+    finally:
+        for proc in nodes:
+            if proc.poll() is None:
+                proc.terminate()  # torchrun stops its worker, then exits
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    assert sum("ordinalclip: best epoch" in out for out in outs) == 1, outs  # rank 0 alone speaks
+    _follows_one_process(project, one_process)
 
 
 def test_a_damaged_checkpoint_is_refused_by_resume_and_set_aside_by_auto(project):
