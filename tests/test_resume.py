@@ -299,3 +299,15 @@ def test_a_code_change_never_resumes_an_older_run(tmp_path, monkeypatch):
     assert "differs in code" in said[-1] and "starting afresh" in said[-1]
     with pytest.raises(NumclipError, match="differs in code"):
         new.start("explicit", said.append)
+
+
+def test_too_few_gpus_names_this_machines_processes(monkeypatch):
+    """On several machines WORLD_SIZE counts every node's processes; the error names this machine's."""
+    from numclip.core.errors import NumclipError
+    from numclip.training.distributed import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for key, value in {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "7", "LOCAL_RANK": "3"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(NumclipError, match=r"started 4 processes on this machine but it has 2 GPUs"):
+        init_distributed(torch.device("cuda"))

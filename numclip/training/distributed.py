@@ -84,7 +84,8 @@ def init_distributed(device: torch.device) -> Dist:
     if not dist.is_initialized():
         if device.type == "cuda":
             if torch.cuda.device_count() <= ctx.local_rank:
-                raise NumclipError(f"torchrun started {world} processes but this machine has "
+                here = os.environ.get("LOCAL_WORLD_SIZE", str(world))  # this machine's share of the processes
+                raise NumclipError(f"torchrun started {here} processes on this machine but it has "
                                    f"{torch.cuda.device_count()} GPUs (LOCAL_RANK {ctx.local_rank})")
             torch.cuda.set_device(ctx.local_rank)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
