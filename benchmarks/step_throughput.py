@@ -235,7 +235,8 @@ def _measure_config(spec: Spec, arch: str, batch: int, ranks: int, warmup: int, 
         peak = _status_kib("VmHWM") * 1024
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "step_mib": (peak - before) / 2**20, "process_mib": peak / 2**20,
+    # The kernel syncs RSS counters lazily, so a step that allocated nothing new can read a page below `before`.
+    return {"seconds": seconds, "step_mib": max(peak - before, 0) / 2**20, "process_mib": peak / 2**20,
             "memory": how, "text": text, "device": device.type, "threads": torch.get_num_threads()}
 
 
