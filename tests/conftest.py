@@ -5,6 +5,7 @@ imported); NUMCLIP_TEST_DEVICE=cuda runs the kernel tests natively on a GPU inst
 """
 
 import os
+import socket
 
 if os.environ.get("NUMCLIP_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -41,6 +42,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     _exact_bf16_dot_in_interpreter()
 
 import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("prefect_server")  # a plugin of test_flows that it also imports from
 import torch  # noqa: E402
 
 from numclip.config import ModelConfig  # noqa: E402
@@ -54,6 +57,13 @@ def tiny_backbone():
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server or a rendezvous the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def copy_pipeline(dst) -> None:

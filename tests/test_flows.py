@@ -1,6 +1,6 @@
 """The Prefect flow over the real DVC stages, against a real Prefect server on a loopback port.
 
-One tiny repository copy (two methods) and one server serve the whole module; the tests run in file
+One tiny repository copy (two methods) and one server (tests/prefect_server.py) serve the whole module; the tests run in file
 order: the server's scheduler creates a cron deployment's runs, the served deployment builds
 everything, a process worker runs the work-pool deployment (nothing reruns), then in-process runs
 check timeouts, the failure alert, the workspace guard, that a data drop is picked up, and how
@@ -14,18 +14,17 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
+from conftest import free_loopback_port
 from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -43,11 +42,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
 from prefect.schedules import Cron
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Crashed
+from prefect_server import PREFECT, SERVER_START_S, stop
 from tiny_repo import dvc_env, make_tiny_repo
 
 from flows.alerts import FAILURE_KEY, alert_failure
@@ -58,9 +55,8 @@ from flows.stages import StageFailed, StageTimedOut, forget_unfinished_stage, is
 from numclip.core.errors import NumclipError
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER_START_S = 120
+pytest_plugins = ["prefect_server"]  # its `server` fixture: one real Prefect server for the module
 RUN_TIMEOUT_S = 600
-PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of this interpreter's prefect (and its SQLAlchemy)
 SCHEDULER_WAIT_S = 60  # the server schedules a new deployment within seconds (recent-deployments loop: 2 s here)
 HANG_SECONDS = 347  # `sleep 347`: the hung stage, recognisable among this machine's processes
 
@@ -134,7 +130,7 @@ def test_a_hung_stage_is_killed_at_its_timeout(tmp_path):
 
 
 def test_serve_without_a_server_says_so(tmp_path):
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{_free_port()}/api")
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{free_loopback_port()}/api")
     proc = subprocess.run([sys.executable, "-m", "flows.serve", "--wait", "1"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -147,71 +143,6 @@ def test_serve_without_a_server_says_so(tmp_path):
 
 
 # ----------------------------------------------------------------------------- server fixtures
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session and everything it started, in its session or not
-    (a worker may start each flow run in a session of its own)."""
-    started = time.monotonic()
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    try:  # children that outlived their parent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for child in descendants:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    print(f"stopped {proc.args[:3]} in {time.monotonic() - started:.1f} s")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-               PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home)}):
-            yield env
-            APILogWorker.drain_all(timeout=10)  # logs and events reach the server before it stops
-            EventsWorker.drain_all(timeout=10)
-    finally:
-        _stop(proc)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = make_tiny_repo(tmp_path_factory.mktemp("repo"), methods=["zeroshot", "coop"])
@@ -336,7 +267,7 @@ def _start(args: list[str], env: dict, cwd: Path, log_path: Path, ready: str) ->
     deadline = time.monotonic() + SERVER_START_S
     while ready not in log_path.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
+            stop(proc)
             pytest.fail(f"{' '.join(args[:4])} did not start:\n" + log_path.read_text(errors="replace")[-3000:])
         time.sleep(0.5)
     return proc
@@ -386,7 +317,7 @@ def test_served_deployment_run_end_to_end(server, repo):
             run.stdout[-3000:] + run.stderr[-2000:] + (repo.parent / "serve.log").read_text()[-5000:]
         nightly = _auto_scheduled_runs(_deployment_id("numclip-retrain/nightly"))  # while served
     finally:
-        _stop(serving)
+        stop(serving)
     assert serving.poll() is not None
     assert nightly and {(r.expected_start_time.astimezone(timezone.utc).hour, r.expected_start_time.minute)
                         for r in nightly} == {(hour, 0)}
@@ -432,7 +363,7 @@ def test_work_pool_deployment_runs_on_a_process_worker(server, repo):
         assert run.returncode == 0 and "Completed" in run.stdout, \
             run.stdout[-3000:] + run.stderr[-2000:] + (repo.parent / "worker.log").read_text()[-5000:]
     finally:
-        _stop(worker)
+        stop(worker)
     assert (repo / "dvc.lock").read_text() == lock_before, "nothing was stale: nothing reran"
     report = _latest_report()
     assert "Nothing was stale" in report and "No metric changed." in report
@@ -609,7 +540,7 @@ def test_a_crashed_run_is_reported_from_the_api(server, repo, dvc_site_cache, hu
         os.killpg(runner.pid, signal.SIGKILL)  # the flow's process and its stage die at once: no hook runs there
         runner.wait(timeout=30)
     finally:
-        _stop(runner)
+        stop(runner)
     forget_unfinished_stage()  # this test process ran no stage: the hook has only the API to go on
     alert_failure(retrain, flow_run, Crashed(message="Flow run process exited with signal SIGKILL"))
     failure = _failure_report(flow_run.id)

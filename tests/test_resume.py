@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_loopback_port
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -70,12 +71,6 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
                     continue
                 assert proc.returncode == 0, outs[i]
     return [outs[i] for i in range(len(procs))]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _outputs(root: Path, method: str = "coop") -> tuple[dict, dict]:
@@ -196,7 +191,7 @@ def test_two_nodes_under_torchrun_follow_the_one_process_loss_curve(project, one
     """Two torchrun agents of one process each, started as on two machines (c10d rendezvous at node
     0's address, which node 0 hosts), here both on loopback and in one folder: rank 0 alone writes,
     the other process only reads the data and the pretrained backbone."""
-    port = _free_port()
+    port = free_loopback_port()
     loopback = next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
     nodes: list[subprocess.Popen] = []
     try:
