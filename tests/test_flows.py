@@ -1,10 +1,10 @@
 """The Prefect flow over the real DVC stages, against a real Prefect server on a loopback port.
 
-One tiny repository copy (two methods) and one server (tests/prefect_server.py) serve the whole module; the tests run in file
-order: the server's scheduler creates a cron deployment's runs, the served deployment builds
-everything, a process worker runs the work-pool deployment (nothing reruns), then in-process runs
-check timeouts, the failure alert, the workspace guard, that a data drop is picked up, and how
-failures are retried or reported.
+One tiny repository copy (two methods) and one server (tests/prefect_server.py) serve the whole
+module; the tests run in file order: the server's scheduler creates a cron deployment's runs, the
+served deployment builds everything, a process worker runs the work-pool deployment (nothing
+reruns), then in-process runs check timeouts, the failure alert, the workspace guard, that a data
+drop is picked up, and how failures are retried or reported.
 """
 
 from __future__ import annotations
