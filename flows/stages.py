@@ -110,15 +110,6 @@ def read_lock(project: Path) -> dict[str, object]:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
 
 
-def pipeline_stages(project: Path) -> list[str]:
-    """The dvc.yaml entries in run order, a foreach/matrix group once (`train` for `train@coop`, ...):
-    read by DVC from dvc.yaml, the one stage list, so a stage added there needs no edit here."""
-    try:
-        return list(dict.fromkeys(stage.group for stage in pipeline(project)))
-    except NumclipError as e:
-        raise StageFailed("(stage list)", 2, str(e)) from None
-
-
 def pipeline_entries(project: Path) -> list[str]:
     """Every stage DVC expands from dvc.yaml, in run order, a foreach/matrix group as its instances
     (`train@zeroshot`, `train@coop`, ...): what the flow runs, one task per trained method."""

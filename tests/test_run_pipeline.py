@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import copy_pipeline
 
-from flows.stages import pipeline_stages
+from flows.stages import pipeline_entries
 from numclip.cli import main
 from numclip.commands.run import pipeline, run_pipeline
 from numclip.core.errors import NumclipError
@@ -47,8 +47,8 @@ def test_run_order_respects_the_dependencies(project):
 
 
 def test_a_stage_added_to_dvc_yaml_is_run_by_the_flow(project):
-    stages = pipeline_stages(project)
-    assert stages[0] == "ingest" and "report" in stages and stages.count("train") == 1
+    stages = pipeline_entries(project)  # what the flow runs, a task each
+    assert stages[0] == "ingest" and "report" in stages and stages.count("train@coop") == 1
 
 
 def test_run_restricted_to_methods_skips_the_others(project, monkeypatch):
