@@ -21,7 +21,8 @@ from pathlib import Path
 
 from numclip.config import load_params
 from numclip.protocols.curves import save_curve
-from numclip.protocols.runner import Protocol, run_protocol, with_values
+from numclip.protocols.runner import run_protocol
+from numclip.protocols.steps import Protocol, with_values
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mini_protocols"
 TABLES = ("runs.csv", "results.csv", "results.md")

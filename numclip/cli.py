@@ -16,7 +16,8 @@ from numclip.core.errors import NumclipError
 BACKBONES = ("count-aware", "plain")
 
 
-def _common() -> argparse.ArgumentParser:
+def common_options() -> argparse.ArgumentParser:
+    """--params and --set, which every sub-command takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -24,8 +25,25 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that say what a protocol runs (`numclip protocol` and `python -m flows.sweep`)."""
+    p.add_argument("--recipe", help="a recipe (recipes/*.yaml): the dataset's params, folds, seeds, methods "
+                   "and published numbers; --set and the options below override it")
+    p.add_argument("--name", help="the protocol's name (default: the recipe's, or 'protocol')")
+    p.add_argument("--method", action="append", help="method (repeatable; default: the recipe's, or all)")
+    p.add_argument("--folds", help="comma-separated folds, e.g. 0,1,2,3,4 (default: the recipe's, or none)")
+    p.add_argument("--seeds", help="comma-separated training seeds (default: the recipe's, or 0)")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a grid axis, e.g. --vary train.subset.shots=1,2,4 (values parsed as YAML)")
+    p.add_argument("--backbone", help="reuse this pretrained backbone file instead of pretraining per fold")
+    p.add_argument("--out", help="output folder (default: protocols/<name>)")
+    p.add_argument("--faithful-test-selection", action="store_true",
+                   help="choose checkpoints on the test split, as the released MORPH code did")
+    p.add_argument("--plot", metavar="KEY", help="draw test MAE against this --vary key (PNG in --out)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
+    common = common_options()
     parser = argparse.ArgumentParser(prog="numclip", description=__doc__.splitlines()[0])
     parser.add_argument("--warm", action="store_true", help="run in a fork of a process that has already "
                         "imported torch and open_clip (what dvc.yaml uses; docs/pipeline.md, Warm processes)")
@@ -83,19 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("protocol", parents=[common], help="a protocol: folds x seeds x a params grid x "
                        "methods, each run in its own folder, aggregated into mean +- std")
-    p.add_argument("--recipe", help="a recipe (recipes/*.yaml): the dataset's params, folds, seeds, methods "
-                   "and published numbers; --set and the options below override it")
-    p.add_argument("--name", help="the protocol's name (default: the recipe's, or 'protocol')")
-    p.add_argument("--method", action="append", help="method (repeatable; default: the recipe's, or all)")
-    p.add_argument("--folds", help="comma-separated folds, e.g. 0,1,2,3,4 (default: the recipe's, or none)")
-    p.add_argument("--seeds", help="comma-separated training seeds (default: the recipe's, or 0)")
-    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="a grid axis, e.g. --vary train.subset.shots=1,2,4 (values parsed as YAML)")
-    p.add_argument("--backbone", help="reuse this pretrained backbone file instead of pretraining per fold")
-    p.add_argument("--out", help="output folder (default: protocols/<name>)")
-    p.add_argument("--faithful-test-selection", action="store_true",
-                   help="choose checkpoints on the test split, as the released MORPH code did")
-    p.add_argument("--plot", metavar="KEY", help="draw test MAE against this --vary key (PNG in --out)")
+    add_protocol_arguments(p)
 
     p = sub.add_parser("bench", parents=[common], help="micro-benchmarks of the fused kernels vs PyTorch")
     p.add_argument("--out", default="benchmarks/results", help="folder for the CSV and PNG")

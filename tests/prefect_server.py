@@ -1,5 +1,6 @@
-"""A real Prefect server on a free loopback port for the flow tests (a module-scoped fixture), and how
-to stop a process the tests started together with everything it started."""
+"""A real Prefect server on a free loopback port for the flow tests (a module-scoped fixture); the
+prefect CLI; starting a long-running process (a worker, `flows.serve`) and stopping it together with
+everything it started."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -46,6 +48,27 @@ def stop(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     print(f"stopped {proc.args[:3]} in {time.monotonic() - started:.1f} s")
+
+
+def prefect_cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
+    """Run `prefect <args>` with `env`; fail the test, with its output, unless it succeeds."""
+    proc = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def start_process(args: list[str], env: dict, cwd: Path, log_path: Path, ready: str) -> subprocess.Popen:
+    """Start a long-running process in its own session; wait (bounded) until its log shows `ready`."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + SERVER_START_S
+    while ready not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(f"{' '.join(args[:4])} did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+        time.sleep(0.5)
+    return proc
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
 from prefect.schedules import Cron
 from prefect.states import Crashed
-from prefect_server import PREFECT, SERVER_START_S, stop
+from prefect_server import PREFECT, prefect_cli, start_process, stop
 from tiny_repo import dvc_env, make_tiny_repo
 
 from flows.alerts import FAILURE_KEY, alert_failure
@@ -224,12 +224,6 @@ def _failure_report(flow_run_id) -> str:
     return artifacts[0].data
 
 
-def _cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 def _scheduler_errors(server_env: dict) -> list[str]:
     """The server log's lines that report a scheduler failure (such as SQLAlchemy 2.1's bulk DML error)."""
     log = (Path(server_env["PREFECT_HOME"]) / "server.log").read_text(errors="replace").splitlines()
@@ -257,20 +251,6 @@ def _auto_scheduled_runs(deployment_id, at_least: int = 1, server_env: dict | No
 def _deployment_id(name: str):
     with get_client(sync_client=True) as client:
         return client.read_deployment_by_name(name).id
-
-
-def _start(args: list[str], env: dict, cwd: Path, log_path: Path, ready: str) -> subprocess.Popen:
-    """Start a long-running process in its own session; wait (bounded) until its log shows `ready`."""
-    log = open(log_path, "w")
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    deadline = time.monotonic() + SERVER_START_S
-    while ready not in log_path.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f"{' '.join(args[:4])} did not start:\n" + log_path.read_text(errors="replace")[-3000:])
-        time.sleep(0.5)
-    return proc
 
 
 def _watch(env: dict, deployment: str, *params: str) -> subprocess.CompletedProcess:
@@ -307,10 +287,10 @@ def test_served_deployment_run_end_to_end(server, repo):
     nightly deployment's cron runs are created by the server's scheduler."""
     env = _env(server, repo)
     hour = (datetime.now(timezone.utc).hour + 12) % 24  # a nightly run never falls due during the test
-    serving = _start([sys.executable, "-m", "flows.serve", "--cron", f"0 {hour} * * *", "--timezone", "UTC"],
+    serving = start_process([sys.executable, "-m", "flows.serve", "--cron", f"0 {hour} * * *", "--timezone", "UTC"],
                      env, repo, repo.parent / "serve.log", ready="numclip-retrain/on-demand")
     try:
-        ls = _cli(env, "deployment", "ls")
+        ls = prefect_cli(env, "deployment", "ls")
         assert "numclip-retrain/nightly" in ls and "numclip-retrain/on-demand" in ls
         run = _watch(env, "numclip-retrain/on-demand", 'overrides=["train.epochs=3"]')
         assert run.returncode == 0 and "Completed" in run.stdout, \
@@ -329,9 +309,9 @@ def test_served_deployment_run_end_to_end(server, repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert lock["train@coop"]["params"]["params.yaml"]["train"]["epochs"] == 3
 
-    listed = _cli(env, "artifact", "ls")
+    listed = prefect_cli(env, "artifact", "ls")
     assert "numclip-metrics" in listed and "numclip-report" in listed
-    table = _cli(env, "artifact", "inspect", "numclip-metrics", "--limit", "1")
+    table = prefect_cli(env, "artifact", "inspect", "numclip-metrics", "--limit", "1")
     assert "coop" in table and "test MAE (argmax)" in table
     report = _latest_report()
     assert "`train.epochs=3`" in report and "train@coop" in report and "| coop |" in report
@@ -342,9 +322,9 @@ def test_work_pool_deployment_runs_on_a_process_worker(server, repo):
     `prefect worker start --pool numclip --type process` runs one. Nothing changed, so nothing reruns."""
     env = {**_env(server, repo), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     lock_before = (repo / "dvc.lock").read_text()
-    _cli(env, "work-pool", "create", "numclip", "--type", "process")
-    _cli(env, "deploy", "--all", "--no-prompt", cwd=repo)
-    ls = _cli(env, "deployment", "ls")
+    prefect_cli(env, "work-pool", "create", "numclip", "--type", "process")
+    prefect_cli(env, "deploy", "--all", "--no-prompt", cwd=repo)
+    ls = prefect_cli(env, "deployment", "ls")
     assert "numclip-retrain/nightly" in ls and "numclip-retrain/on-demand" in ls
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("numclip-retrain/nightly")
@@ -356,7 +336,7 @@ def test_work_pool_deployment_runs_on_a_process_worker(server, repo):
     with get_client(sync_client=True) as client:
         client.pause_deployment(nightly.id)  # a 02:00 run must not start during the test
 
-    worker = _start([*PREFECT, "worker", "start", "--pool", "numclip", "--type", "process", "--limit", "1"],
+    worker = start_process([*PREFECT, "worker", "start", "--pool", "numclip", "--type", "process", "--limit", "1"],
                     env, repo, repo.parent / "worker.log", ready="started")
     try:
         run = _watch(env, "numclip-retrain/on-demand")

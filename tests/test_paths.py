@@ -11,7 +11,7 @@ from dvc.repo import Repo
 from numclip.config import load_params
 from numclip.config.paths import get_key as _get
 from numclip.config.paths import output_keys, output_paths, plain_twin, rebased
-from numclip.protocols.runner import FOLD_STAGES, RUN_STAGES
+from numclip.protocols.steps import FOLD_STAGES, RUN_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 

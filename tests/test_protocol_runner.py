@@ -61,13 +61,32 @@ def test_protocol_writes_every_run_and_the_aggregate(few_shot_run):
 
 
 def test_each_run_records_its_training_subset(few_shot_run):
-    record = json.loads((few_shot_run / "all" / "shots=1,seed=1" / "metrics" / "train" / "coop.json").read_text())
+    run_dir = few_shot_run / "all" / "shots=1,seed=1" / "coop"  # <fold>/<point,seed>/<method>
+    record = json.loads((run_dir / "metrics" / "train" / "coop.json").read_text())
     assert record["train_subset"]["kind"] == "few_shot" and record["train_subset"]["params"]["shots"] == 1
     assert record["train_rows"] == 4, "one training image per label, 4 labels"
     manifest = read_manifest(few_shot_run / "all" / "data" / "manifest.parquet")
     assert len(manifest.split("train")) > 4, "the subset is drawn at training time; the data is whole"
     protocol = json.loads((few_shot_run / "protocol.json").read_text())
     assert protocol["grid"] == {"train.subset.shots": [1, 4]} and len(protocol["runs"]) == 8
+
+
+def test_a_rerun_skips_what_finished_and_redoes_what_did_not(few_shot_run, capsys):
+    """Every step left done.json with its fingerprint: running the protocol again trains nothing, except
+    a run whose record is gone; the tables come out the same."""
+    runs_before = (few_shot_run / "runs.csv").read_text()
+    (few_shot_run / "all" / "shots=4,seed=0" / "coop" / "done.json").unlink()
+    backbone = few_shot_run / "all" / "models" / "backbone.safetensors"
+    backbone_mtime = backbone.stat().st_mtime_ns
+    argv = ["protocol", "--name", "fs", "--out", str(few_shot_run), "--method", "zeroshot", "--method", "coop",
+            "--vary", "train.subset.shots=1,4", "--seeds", "0,1", *_sets(TINY + ["train.subset.kind=few_shot"])]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("not run again") == 7 and "backbone" in out and "kept" in out
+    assert "all coop shots=4, seed=0: finished before" not in out
+    assert backbone.stat().st_mtime_ns == backbone_mtime, "the fold's backbone was not pretrained again"
+    assert (few_shot_run / "runs.csv").read_text() == runs_before
 
 
 def _candidates(spec):

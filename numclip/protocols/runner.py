@@ -5,106 +5,34 @@ Per fold the data is ingested once (`data.fold` picks the fold) and the backbone
 unless an existing backbone file is given: the embedded mini-protocols reuse the pipeline's backbone,
 the stand-in for a pretrained CLIP, as the papers' few-shot runs reuse CLIP. Every output path of the
 params is moved under the protocol's folder, so a protocol never touches the pipeline's own files.
+`run_protocol` runs the steps (numclip.protocols.steps) one after another in this process;
+`python -m flows.sweep` spreads the same steps over Prefect workers and ends with the same `finish`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
 
 from numclip.config import Params
-from numclip.config.params_file import set_key
-from numclip.config.paths import rebased
 from numclip.core.atomic import write_json
 from numclip.core.errors import NumclipError
 from numclip.protocols.aggregate import aggregate, write_results
-
-METRICS = ("mae_argmax", "mae_expectation", "accuracy")
-# What each protocol level writes, placed under its own folder: the data and the backbone once per
-# fold, the rest once per run (numclip.config.paths lists each stage's output keys).
-FOLD_STAGES, BACKBONE_STAGES, RUN_STAGES = ("ingest",), ("pretrain",), ("prototypes", "train", "evaluate")
-
-
-@dataclass
-class Protocol:
-    """What to run: methods, folds (None: the data's own split), seeds, and a grid of params values."""
-
-    name: str
-    methods: list[str]
-    out_dir: Path
-    folds: list[Optional[int]] = field(default_factory=lambda: [None])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    backbone: Optional[str] = None  # a pretrained backbone file to reuse instead of pretraining
-    published: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> value
-    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> train./methods. keys
-
-
-def with_values(params: Params, values: dict[str, Any]) -> Params:
-    """`params` with dotted keys set (validated like any params file)."""
-    raw = params.model_dump()
-    for key, value in values.items():
-        set_key(raw, key.split("."), value, key)
-    return Params.model_validate(raw)
-
-
-def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-
-
-def point_text(point: dict[str, Any]) -> str:
-    """'shots=4, kind=few_shot': each grid key by its last part."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
-
-
-def point_name(point: dict[str, Any], seed: int) -> str:
-    """A run's folder name: the grid point and the seed."""
-    return point_text({**point, "seed": seed}).replace(", ", ",")
+from numclip.protocols.steps import METRICS, Protocol, check_protocol, point_text, prepare_fold, protocol_runs, run_step
 
 
 def run_protocol(params: Params, protocol: Protocol, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every (fold, grid point, seed, method); write runs.csv, results.csv and results.md."""
-    from numclip.config.paths import metrics_path
-    from numclip.data import ingest
-    from numclip.stages.evaluate import evaluate
-    from numclip.stages.pretrain import pretrain
-    from numclip.stages.train import train
-
-    for method in protocol.methods:
-        params.method(method)
-    points = grid_points(protocol.grid)
-    for point in points:  # a bad key or value fails before any run
-        for method in protocol.methods:
-            with_values(params, {**point, **protocol.method_params.get(method, {})})
-    runs: list[dict[str, Any]] = []
+    """Run every step in this process, one after another (a step that already finished is skipped);
+    write runs.csv, results.csv and results.md."""
+    check_protocol(params, protocol)
+    records = []
     for fold in protocol.folds:
-        fold_dir = protocol.out_dir / ("all" if fold is None else f"fold{fold}")
-        fold_params = rebased(with_values(params, {"data.fold": fold}), fold_dir, FOLD_STAGES)
-        log(ingest(fold_params.data).summary())
-        if protocol.backbone is not None:
-            if not Path(protocol.backbone).is_file():
-                raise NumclipError(f"backbone file not found: {protocol.backbone}")
-            fold_params = with_values(fold_params, {"pretrain.output": protocol.backbone})
-        else:
-            fold_params = rebased(fold_params, fold_dir, BACKBONE_STAGES)
-            pretrain(fold_params, log=log)
-        for point, seed in itertools.product(points, protocol.seeds):
-            run_dir = fold_dir / point_name(point, seed)
-            run_params = rebased(with_values(fold_params, {**point, "train.seed": seed}), run_dir, RUN_STAGES)
-            for method in protocol.methods:
-                method_params = with_values(run_params, protocol.method_params.get(method, {}))
-                train(method_params, method, log=log)
-                result = evaluate(method_params, method, log=log)
-                runs.append({"fold": fold, "seed": seed, "method": method, "point": point,
-                             "metrics": {m: result["test"].get(m) for m in METRICS},
-                             "record": str(metrics_path(method_params, method))})
-    return _write(protocol, runs, log)
+        prepare_fold(params, protocol, fold, log)
+        records += [run_step(params, protocol, run, log) for run in protocol_runs(protocol) if run.fold == fold]
+    return finish(protocol, records, log)
 
 
 def run_label(run: dict[str, Any]) -> str:
@@ -114,7 +42,8 @@ def run_label(run: dict[str, Any]) -> str:
     return f"{run['method']} ({point_text(run['point'])})"
 
 
-def _write(protocol: Protocol, runs: list[dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+def finish(protocol: Protocol, runs: list[dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+    """Aggregate the runs' records (in protocol_runs' order) into the protocol's tables."""
     labelled = [{**r, "method": run_label(r)} for r in runs]
     agg = aggregate(labelled)
     published = {run_label(r): protocol.published[r["method"]] for r in runs if r["method"] in protocol.published}
