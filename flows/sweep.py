@@ -38,6 +38,7 @@ from prefect.states import Crashed
 from numclip.core.errors import NumclipError
 from numclip.protocols.runner import finish
 from numclip.protocols.steps import (
+    DONE,
     Run,
     check_protocol,
     finished,
@@ -154,7 +155,9 @@ class Dispatcher:
                     if not state.is_final():
                         still.append(attempt)
                         continue
-                    why = f"{flow_run.name} ended {state.name}: {((state.message or '').strip().splitlines() or [''])[0]}"
+                    why = (f"{flow_run.name} completed but left no {attempt.step.folder / DONE}: the workers must "
+                           "write to the same shared folder as this process" if state.is_completed() else
+                           f"{flow_run.name} ended {state.name}: {_first_line(state.message)}")
                     if attempt.tries + 1 < self.max_attempts:
                         self.logger.warning(f"{attempt.step.label}: {why}; dispatched again")
                         still.append(self._submit(attempt.step, attempt.tries + 1, attempt.number + 1))
@@ -179,7 +182,6 @@ def sweep(spec: str, deployment: str, max_attempts: int = 3, lost_after_s: Optio
     from prefect.context import get_run_context
 
     params, protocol = load_spec(spec)
-    check_protocol(params, protocol)
     logger = get_run_logger()
     if lost_after_s is None and (frequency := get_current_settings().flows.heartbeat_frequency):
         lost_after_s = 3.0 * frequency
@@ -209,6 +211,11 @@ def sweep(spec: str, deployment: str, max_attempts: int = 3, lost_after_s: Optio
                              key=f"numclip-sweep-{_slug(protocol.name)}",
                              description=f"Protocol {protocol.name}: mean ± std over {len(runs)} runs")
     return {"runs": len(runs), "dispatched": len(todo), "out_dir": str(protocol.out_dir)}
+
+
+def _first_line(text: Optional[str]) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _slug(name: str) -> str:
@@ -249,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params, protocol = protocol_from_args(args)
+        check_protocol(params, protocol)
         protocol.out_dir = protocol.out_dir.resolve()
-        spec = save_spec(params, protocol)
         wait_for_api(60)
         deployment = deploy_steps(args.pool)
+        spec = save_spec(params, protocol)
         result = sweep(str(spec), deployment, args.max_attempts, args.lost_after, args.poll)
         if args.plot:
             records = [read_done(run_dir(protocol, run)) for run in protocol_runs(protocol)]

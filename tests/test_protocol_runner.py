@@ -162,3 +162,10 @@ def test_every_shipped_recipe_loads_and_validates():
 
 
 REPO_RECIPES = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_a_bad_grid_value_is_one_line_naming_the_key(tmp_path, capsys):
+    assert main(["protocol", "--out", str(tmp_path / "p"), "--method", "coop", "--vary", "train.epochs=1,x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("numclip protocol: error: invalid params in the protocol's train.epochs='x'")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "p").exists()

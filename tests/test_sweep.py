@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect_server import prefect_cli, start_process, stop
@@ -112,9 +113,14 @@ def test_sweep_over_two_workers_survives_a_killed_worker(server, tmp_path):
             stop(worker)
 
 
-def test_a_sweep_without_its_pool_says_so(server, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "flows.sweep", "--pool", "nowhere", "--out",
-                             str(tmp_path / "x"), *PROTOCOL], cwd=REPO, env=server, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 2 and "work pool 'nowhere' not found" in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("args, error", [
+    (["--pool", "nowhere"], "work pool 'nowhere' not found"),
+    (["--pool", POOL, "--method", "nope"], "nope"),
+    (["--pool", POOL, "--vary", "train.epochs=1,x"], "train.epochs"),
+])
+def test_a_bad_sweep_fails_before_any_step_with_one_line(server, tmp_path, args, error):
+    result = subprocess.run([sys.executable, "-m", "flows.sweep", *args, "--out", str(tmp_path / "x"), *PROTOCOL],
+                            cwd=REPO, env=server, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and error in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists(), "nothing was written"

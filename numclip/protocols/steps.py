@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from numclip.config import Params
+from numclip.config import Params, validate_params
 from numclip.config.params_file import set_key
 from numclip.config.paths import metrics_path, output_keys, rebased
 from numclip.core.atomic import write_json
@@ -69,11 +69,11 @@ class Run:
 
 
 def with_values(params: Params, values: dict[str, Any]) -> Params:
-    """`params` with dotted keys set (validated like any params file)."""
+    """`params` with dotted keys set, validated like any params file (a bad value: a NumclipError naming it)."""
     raw = params.model_dump()
     for key, value in values.items():
         set_key(raw, key.split("."), value, key)
-    return Params.model_validate(raw)
+    return validate_params(raw, "the protocol's " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
