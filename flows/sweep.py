@@ -83,6 +83,18 @@ class Step:
     parameters: dict[str, Any]
     key: str  # the flow run's idempotency key, an attempt number appended
     folder: Path  # done.json appears here when the step has finished
+    fingerprint: Optional[str] = None  # what done.json must hold (a run's; a fold's is known only after ingest)
+
+    def missing(self) -> Optional[str]:
+        """Why the step's folder does not show it finished, or None if it does."""
+        record = read_done(self.folder)
+        if record is None:
+            return (f"left no {self.folder / DONE}: the workers must write to the same shared folder as "
+                    "this process")
+        if self.fingerprint is not None and record["fingerprint"] != self.fingerprint:
+            return ("finished with another fingerprint than this process computed: the worker runs other "
+                    "code, or sees other data, than this process")
+        return None
 
 
 @dataclass
@@ -115,7 +127,7 @@ class Dispatcher:
                                       idempotency_key=f"{step.key}-{number}")
             stale = (flow_run.created is not None and flow_run.created < self.started
                      and flow_run.state is not None and flow_run.state.is_final())
-            if not stale or read_done(step.folder) is not None:
+            if not stale or step.missing() is None:
                 break
             number += 1
         self.logger.info(f"{step.label}: flow run {flow_run.name} ({flow_run.id}), attempt {tries + 1}")
@@ -144,7 +156,8 @@ class Dispatcher:
                 for attempt in active:
                     flow_run = client.read_flow_run(attempt.flow_run.id)
                     state = flow_run.state
-                    if state.is_completed() and read_done(attempt.step.folder) is not None:
+                    missing = attempt.step.missing() if state.is_completed() else None
+                    if state.is_completed() and missing is None:
                         self.logger.info(f"{attempt.step.label}: done")
                         continue
                     if state.is_running() and self._lost(client, attempt):
@@ -155,8 +168,7 @@ class Dispatcher:
                     if not state.is_final():
                         still.append(attempt)
                         continue
-                    why = (f"{flow_run.name} completed but left no {attempt.step.folder / DONE}: the workers must "
-                           "write to the same shared folder as this process" if state.is_completed() else
+                    why = (f"{flow_run.name} completed but {missing}" if state.is_completed() else
                            f"{flow_run.name} ended {state.name}: {_first_line(state.message)}")
                     if attempt.tries + 1 < self.max_attempts:
                         self.logger.warning(f"{attempt.step.label}: {why}; dispatched again")
@@ -187,8 +199,8 @@ def sweep(spec: str, deployment: str, max_attempts: int = 3, lost_after_s: Optio
         lost_after_s = 3.0 * frequency
     dispatcher = Dispatcher(deployment, ["numclip-sweep", protocol.name], max_attempts, lost_after_s, poll_s)
     this_sweep = str(get_run_context().flow_run.id)  # fold steps run once per sweep: ingest sees new data
-    dispatcher.run([Step(fold_name(fold), {"spec": spec, "label": f"{protocol.name} {fold_name(fold)}",
-                                           "fold": fold}, f"{this_sweep}-{fold_name(fold)}", fold_dir(protocol, fold))
+    dispatcher.run([Step(fold_name(fold), {"spec": spec, "label": f"{protocol.name} {fold_name(fold)}", "fold": fold},
+                         key=f"{this_sweep}-{fold_name(fold)}", folder=fold_dir(protocol, fold))
                     for fold in protocol.folds])
     runs = protocol_runs(protocol)
     fingerprints = {run: run_fingerprint(params, protocol, run) for run in runs}
@@ -196,8 +208,8 @@ def sweep(spec: str, deployment: str, max_attempts: int = 3, lost_after_s: Optio
     logger.info(f"{protocol.name}: {len(runs) - len(todo)} of {len(runs)} runs finished before; "
                 f"dispatching {len(todo)}")
     dispatcher.run([Step(run.label, {"spec": spec, "label": f"{protocol.name} {run.label}", "fold": run.fold,
-                                     "point": [list(kv) for kv in run.point], "seed": run.seed,
-                                     "method": run.method}, fingerprints[run], run_dir(protocol, run))
+                                     "point": [list(kv) for kv in run.point], "seed": run.seed, "method": run.method},
+                         key=fingerprints[run], folder=run_dir(protocol, run), fingerprint=fingerprints[run])
                     for run in todo])
     records = []
     for run in runs:
