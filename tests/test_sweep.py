@@ -17,7 +17,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect_server import prefect_cli, start_process, stop
 
+from flows.sweep import Step
 from numclip.cli import main as numclip_main
+from numclip.core.atomic import write_json
+from numclip.core.errors import NumclipError
+from numclip.protocols.steps import DONE, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["prefect_server"]
@@ -124,3 +128,15 @@ def test_a_bad_sweep_fails_before_any_step_with_one_line(server, tmp_path, args,
     assert result.returncode == 2 and error in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists(), "nothing was written"
+
+
+def test_the_shared_folder_guards_name_the_problem(tmp_path):
+    """What a worker that sees another folder, or runs other code, leaves behind is named, not aggregated."""
+    with pytest.raises(NumclipError, match="every worker must see the protocol's folder"):
+        load_spec(tmp_path / "protocol-spec.json")
+    step = Step("all coop seed=0", {"label": "x"}, key="k", folder=tmp_path, fingerprint="abc")
+    assert "must write to the same shared folder" in step.missing()
+    write_json(tmp_path / DONE, {"fingerprint": "other"})
+    assert "runs other code, or sees other data" in step.missing()
+    write_json(tmp_path / DONE, {"fingerprint": "abc"})
+    assert step.missing() is None
