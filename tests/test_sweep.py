@@ -56,10 +56,9 @@ def _kill_with_its_runs(worker: subprocess.Popen) -> None:
     worker.wait(timeout=10)
 
 
-def _sweep(env: dict, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.sweep", "--pool", POOL, "--poll", "1",
-                           "--lost-after", str(LOST_AFTER_S), "--out", str(out), *PROTOCOL],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+def _sweep_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.sweep", "--pool", POOL, "--poll", "1", "--lost-after", str(LOST_AFTER_S),
+            "--out", str(out), *PROTOCOL]
 
 
 def test_sweep_over_two_workers_survives_a_killed_worker(server, tmp_path):
@@ -69,9 +68,8 @@ def test_sweep_over_two_workers_survives_a_killed_worker(server, tmp_path):
     workers = {"a": _worker(env, "sweep-a", "0", tmp_path / "a.log"),
                "b": _worker(env, "sweep-b", "1", tmp_path / "b.log")}
     out = tmp_path / "sweep"
-    sweep = subprocess.Popen([sys.executable, "-m", "flows.sweep", "--pool", POOL, "--poll", "1",
-                              "--lost-after", str(LOST_AFTER_S), "--out", str(out), *PROTOCOL],
-                             cwd=REPO, env=env, stdout=open(tmp_path / "sweep.log", "w"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "sweep.log", "w") as log:
+        sweep = subprocess.Popen(_sweep_command(out), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + SWEEP_TIMEOUT_S
         killed = None
@@ -106,7 +104,9 @@ def test_sweep_over_two_workers_survives_a_killed_worker(server, tmp_path):
                    if "cuda_visible_devices" in line}
         assert devices == {'"cuda_visible_devices": "0"', '"cuda_visible_devices": "1"'}, "each worker its own GPU"
 
-        rerun = _sweep(env, out)  # everything finished: the sweep resumes with nothing to dispatch
+        # everything finished: run again, the sweep resumes with nothing to dispatch
+        rerun = subprocess.run(_sweep_command(out), cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=SWEEP_TIMEOUT_S)
         assert rerun.returncode == 0 and "4 of 4 runs finished before; dispatching 0" in rerun.stderr, \
             rerun.stdout[-3000:] + rerun.stderr[-3000:]
         assert len(_step_runs()) == len(runs) + 1, "only the fold step ran again (ingest sees new data)"
