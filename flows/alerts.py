@@ -16,20 +16,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.client.schemas.sorting import LogSort
 from prefect.logging.loggers import flow_run_logger
 
-from flows.stages import TAIL_LINES, StageFailed, unfinished_stage
+from flows.stages import TAIL_LINES, StageFailed, error_of, unfinished_stage
 
 FAILURE_KEY = "numclip-failure"  # stable key: each failed run adds a version
 LOGGED_LINES = 10  # of the tail, in the ERROR log line; the artifact has TAIL_LINES
-
-
-def _error_of(state) -> BaseException | None:
-    if isinstance(state.data, BaseException):
-        return state.data
-    try:
-        error = state.result(raise_on_failure=False)
-    except Exception:  # a state read back from the API holds no result
-        return None
-    return error if isinstance(error, BaseException) else None
 
 
 def _unfinished_task_from_api(flow_run_id) -> tuple[str | None, list[str]]:
@@ -47,7 +37,7 @@ def _unfinished_task_from_api(flow_run_id) -> tuple[str | None, list[str]]:
 def failed_stage(flow_run, state) -> tuple[str | None, list[str]]:
     """(stage or task that did not finish, its last output lines); (None, []) when the run stopped
     outside any task (for example while waiting for the workspace)."""
-    error = _error_of(state)
+    error = error_of(state)
     if isinstance(error, StageFailed):
         return error.stage, error.tail.splitlines()[-TAIL_LINES:]
     stage, tail = unfinished_stage()

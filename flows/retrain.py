@@ -26,7 +26,15 @@ from prefect.tasks import exponential_backoff
 from flows.alerts import alert_failure
 from flows.overrides import apply_param_overrides
 from flows.report import dvc_metrics_diff, metrics_changes, metrics_snapshot, metrics_table, report_markdown
-from flows.stages import StageFailed, StageResult, forget_unfinished_stage, is_transient, pipeline_entries, run_stage
+from flows.stages import (
+    StageFailed,
+    StageResult,
+    error_of,
+    forget_unfinished_stage,
+    is_transient,
+    pipeline_entries,
+    run_stage,
+)
 from numclip.config import load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -44,8 +52,7 @@ class WorkspaceBusy(RuntimeError):
 
 def _transient_failure(task, task_run, state) -> bool:
     """Retry only what another attempt can fix; a bad param or a crash fails at once."""
-    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return is_transient(error)
+    return is_transient(error_of(state))
 
 
 @task(name="set-params", task_run_name="set-params", cache_policy=NO_CACHE, timeout_seconds=300)

@@ -24,22 +24,24 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
 from flows.retrain import retrain
+from numclip.core.errors import NumclipError
 
 NIGHTLY = "0 2 * * *"
 
 
 def wait_for_api(timeout_s: float) -> None:
-    """A server started a moment ago takes seconds to answer: wait for it rather than crash."""
+    """A server started a moment ago takes seconds to answer: wait for it rather than crash (NumclipError
+    when it never does)."""
     if not PREFECT_API_URL.value():
-        sys.exit("python -m flows.serve: error: PREFECT_API_URL is not set: point it at the server, e.g. "
-                 "export PREFECT_API_URL=http://127.0.0.1:4200/api (see the README)")
+        raise NumclipError("PREFECT_API_URL is not set: point it at the server, e.g. "
+                           "export PREFECT_API_URL=http://127.0.0.1:4200/api (see the README)")
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while (error := client.api_healthcheck()) is not None:
             if time.monotonic() > deadline:
-                sys.exit(f"python -m flows.serve: error: the Prefect API at {client.api_url} did not answer "
-                         f"in {timeout_s:.0f} s ({error}); start it with `prefect server start --host "
-                         "127.0.0.1` and set PREFECT_API_URL (see the README)")
+                raise NumclipError(f"the Prefect API at {client.api_url} did not answer in {timeout_s:.0f} s "
+                                   f"({error}); start it with `prefect server start --host 127.0.0.1` and set "
+                                   "PREFECT_API_URL (see the README)")
             time.sleep(1)
 
 
@@ -49,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timezone", default="UTC", help="time zone of the cron schedule (UTC)")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for the Prefect API (120)")
     args = parser.parse_args(argv)
-    wait_for_api(args.wait)
+    try:
+        wait_for_api(args.wait)
+    except NumclipError as e:
+        sys.exit(f"python -m flows.serve: error: {e}")
     nightly = retrain.to_deployment(
         name="nightly", schedule=Cron(args.cron, timezone=args.timezone),
         description="Scheduled retraining: picks up new data drops; trains only what is stale.")

@@ -74,6 +74,17 @@ def is_transient(error: BaseException | None) -> bool:
     return isinstance(error, StageFailed) and error.transient
 
 
+def error_of(state) -> BaseException | None:
+    """The exception a failed Prefect state holds, or None (a state read back from the API holds none)."""
+    if isinstance(state.data, BaseException):
+        return state.data
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:
+        return None
+    return error if isinstance(error, BaseException) else None
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -144,7 +155,7 @@ def _pump(stream: IO[str], from_stderr: bool, lines: queue.Queue) -> None:
         lines.put(None)
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
+def kill_tree(proc: subprocess.Popen) -> None:
     """SIGTERM to `dvc repro` and every process under it, SIGKILL to those still alive after the grace."""
     try:
         procs = [psutil.Process(proc.pid)]
@@ -210,7 +221,7 @@ def run_stage(stage: str, project: Path, log: Log | None = None, timeout_s: floa
             except subprocess.TimeoutExpired:
                 continue
     except BaseException:
-        _kill_tree(proc)  # the pumps end once the last process holding the pipes is gone
+        kill_tree(proc)  # the pumps end once the last process holding the pipes is gone
         raise
     if proc.returncode != 0:
         raise StageFailed(stage, proc.returncode, "\n".join(tail))

@@ -29,6 +29,7 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
@@ -50,6 +51,7 @@ from numclip.protocols.steps import (
     read_done,
     run_dir,
     run_fingerprint,
+    run_params,
     run_step,
     save_spec,
 )
@@ -58,6 +60,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 STEP_FLOW = "numclip-sweep-run"
 STEP_TIMEOUT_S = 48 * 3600  # one training run; a hung one ends here and is dispatched again
 HEARTBEAT = "prefect.flow-run.heartbeat"
+API_PAGE = 200  # the most flow runs one API read returns
 
 
 class SweepFailed(RuntimeError):
@@ -66,15 +69,15 @@ class SweepFailed(RuntimeError):
 
 @flow(name=STEP_FLOW, flow_run_name="{label}", timeout_seconds=STEP_TIMEOUT_S, log_prints=True)
 def sweep_step(spec: str, label: str, fold: Optional[int], point: Optional[list] = None,
-               seed: Optional[int] = None, method: Optional[str] = None) -> dict[str, Any]:
-    """One step of a protocol: the fold's preparation (no method) or one run, in its own folder."""
+               seed: Optional[int] = None, method: Optional[str] = None) -> None:
+    """One step of a protocol: the fold's preparation (no method) or one run. Its record goes to done.json
+    in its folder, where the sweep reads it."""
     params, protocol = load_spec(spec)
     log = get_run_logger().info
     if method is None:
-        record = prepare_fold(params, protocol, fold, log)
+        prepare_fold(params, protocol, fold, log)
     else:
-        record = run_step(params, protocol, Run(fold, tuple(map(tuple, point or [])), seed, method), log)
-    return {key: record.get(key) for key in ("fingerprint", "host", "cuda_visible_devices")}
+        run_step(params, protocol, Run(fold, tuple(map(tuple, point or [])), seed, method), log)
 
 
 @dataclass
@@ -153,8 +156,9 @@ class Dispatcher:
             while active:
                 time.sleep(self.poll_s)
                 still = []
+                flow_runs = _read_flow_runs(client, [attempt.flow_run.id for attempt in active])
                 for attempt in active:
-                    flow_run = client.read_flow_run(attempt.flow_run.id)
+                    flow_run = flow_runs[attempt.flow_run.id]
                     state = flow_run.state
                     missing = attempt.step.missing() if state.is_completed() else None
                     if state.is_completed() and missing is None:
@@ -203,7 +207,7 @@ def sweep(spec: str, deployment: str, max_attempts: int = 3, lost_after_s: Optio
                          key=f"{this_sweep}-{fold_name(fold)}", folder=fold_dir(protocol, fold))
                     for fold in protocol.folds])
     runs = protocol_runs(protocol)
-    fingerprints = {run: run_fingerprint(params, protocol, run) for run in runs}
+    fingerprints = {run: run_fingerprint(run_params(params, protocol, run), protocol, run) for run in runs}
     todo = [run for run in runs if finished(run_dir(protocol, run), fingerprints[run]) is None]
     logger.info(f"{protocol.name}: {len(runs) - len(todo)} of {len(runs)} runs finished before; "
                 f"dispatching {len(todo)}")
@@ -213,16 +217,26 @@ def sweep(spec: str, deployment: str, max_attempts: int = 3, lost_after_s: Optio
                     for run in todo])
     records = []
     for run in runs:
-        record = finished(run_dir(protocol, run), fingerprints[run])
-        if record is None:
-            raise SweepFailed(f"{run.label}: its flow run completed but {run_dir(protocol, run)} holds no "
-                              "record of this run (another sweep of the same folder changed it?)")
+        folder = run_dir(protocol, run)
+        if (record := finished(folder, fingerprints[run])) is None:
+            raise SweepFailed(f"{run.label}: its flow run completed but {folder} holds no record of this run "
+                              "(another sweep of the same folder changed it?)")
         records.append(record)
     result = finish(protocol, records, logger.info)
     create_markdown_artifact(markdown=result["paths"]["markdown"].read_text(encoding="utf-8"),
                              key=f"numclip-sweep-{_slug(protocol.name)}",
                              description=f"Protocol {protocol.name}: mean ± std over {len(runs)} runs")
-    return {"runs": len(runs), "dispatched": len(todo), "out_dir": str(protocol.out_dir)}
+    return {"runs": records, "dispatched": len(todo)}
+
+
+def _read_flow_runs(client, ids: list) -> dict:
+    """The flow runs by id, in as few API calls as the API's page size allows."""
+    found = {}
+    for start in range(0, len(ids), API_PAGE):
+        page = ids[start:start + API_PAGE]
+        found.update({run.id: run for run in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page))})
+    return found
 
 
 def _first_line(text: Optional[str]) -> str:
@@ -275,15 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         spec = save_spec(params, protocol)
         result = sweep(str(spec), deployment, args.max_attempts, args.lost_after, args.poll)
         if args.plot:
-            records = [read_done(run_dir(protocol, run)) for run in protocol_runs(protocol)]
-            print(f"curve -> {save_protocol_curve(records, args.plot, protocol)}")
+            print(f"curve -> {save_protocol_curve(result['runs'], args.plot, protocol)}")
     except NumclipError as e:
         print(f"python -m flows.sweep: error: {e}", file=sys.stderr)
         return 2
     except SweepFailed as e:
         print(f"python -m flows.sweep: {e}", file=sys.stderr)
         return 1
-    print(f"sweep {protocol.name}: {result['runs']} runs ({result['dispatched']} dispatched) -> {protocol.out_dir}")
+    print(f"sweep {protocol.name}: {len(result['runs'])} runs ({result['dispatched']} dispatched) -> "
+          f"{protocol.out_dir}")
     return 0
 
 

@@ -5,48 +5,29 @@ everything it started."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import free_loopback_port
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+from flows.stages import kill_tree
+
 SERVER_START_S = 120
 PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of this interpreter's prefect (and its SQLAlchemy)
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session and everything it started, in its session or not
-    (a worker may start each flow run in a session of its own)."""
+    """Stop a process the tests started and everything under it, in its session or not (a worker starts
+    each flow run in a session of its own)."""
     started = time.monotonic()
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    try:  # children that outlived their parent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for child in descendants:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+    kill_tree(proc)
     print(f"stopped {proc.args[:3]} in {time.monotonic() - started:.1f} s")
 
 

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from flows.stages import kill_tree
 from numclip.config import load_params
 from numclip.core.errors import NumclipError
 from numclip.data.order import SeededFlip, ShardedBatches, epoch_order
@@ -205,13 +206,7 @@ def test_two_nodes_under_torchrun_follow_the_one_process_loss_curve(project, one
         outs = _wait_all(nodes, timeout=240)
     finally:
         for proc in nodes:
-            if proc.poll() is None:
-                proc.terminate()  # torchrun stops its worker, then exits
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            kill_tree(proc)  # torchrun and its worker, if a failure left them running
     assert sum("ordinalclip: best epoch" in out for out in outs) == 1, outs  # rank 0 alone speaks
     _follows_one_process(project, one_process)
 

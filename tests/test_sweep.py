@@ -6,6 +6,7 @@ again and finishes with the sequential runner's results; run again, it dispatche
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -128,6 +129,14 @@ def test_a_bad_sweep_fails_before_any_step_with_one_line(server, tmp_path, args,
     assert result.returncode == 2 and error in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists(), "nothing was written"
+
+
+def test_a_sweep_without_a_server_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run([*_sweep_command(tmp_path / "x")], cwd=REPO, env={**env, "PREFECT_HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "python -m flows.sweep: error: PREFECT_API_URL is not set" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
 
 
 def test_the_shared_folder_guards_name_the_problem(tmp_path):

@@ -23,11 +23,6 @@ class PipelineStage:
     name: str  # DVC's address: train@coop
     cmd: str
 
-    @property
-    def group(self) -> str:
-        """The dvc.yaml entry it comes from (`train` for `train@coop`): what `dvc repro <group>` runs."""
-        return self.name.split("@")[0]
-
 
 def pipeline(project: str | Path = ".") -> list[PipelineStage]:
     """The stages of `project`'s dvc.yaml, each after the stages it depends on, otherwise in file order."""

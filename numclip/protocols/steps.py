@@ -63,9 +63,14 @@ class Run:
     method: str
 
     @property
+    def point_and_seed(self) -> str:
+        """'shots=4, seed=1'."""
+        return point_text({**dict(self.point), "seed": self.seed})
+
+    @property
     def label(self) -> str:
         """'fold0 coop shots=4, seed=1': how logs and the Prefect UI name the run."""
-        return f"{fold_name(self.fold)} {self.method} {point_text({**dict(self.point), 'seed': self.seed})}"
+        return f"{fold_name(self.fold)} {self.method} {self.point_and_seed}"
 
 
 def with_values(params: Params, values: dict[str, Any]) -> Params:
@@ -114,8 +119,7 @@ def fold_dir(protocol: Protocol, fold: Optional[int]) -> Path:
 def run_dir(protocol: Protocol, run: Run) -> Path:
     """<fold>/<grid point,seed>/<method>: a folder of its own, so runs on different workers never share
     a file."""
-    point = point_text({**dict(run.point), "seed": run.seed}).replace(", ", ",")
-    return fold_dir(protocol, run.fold) / point / run.method
+    return fold_dir(protocol, run.fold) / run.point_and_seed.replace(", ", ",") / run.method
 
 
 def fold_params(params: Params, protocol: Protocol, fold: Optional[int]) -> Params:
@@ -161,21 +165,20 @@ def data_digest(params: Params) -> str:
     return h.hexdigest()
 
 
-def fold_fingerprint(params: Params, protocol: Protocol, fold: Optional[int]) -> str:
-    """Needs the fold's manifest (after ingest): the fold's params, data, backbone file and code."""
-    p = fold_params(params, protocol, fold)
+def fold_fingerprint(fold_p: Params, protocol: Protocol) -> str:
+    """A fold's params (`fold_params`), its data (after ingest), the protocol's backbone file and the code."""
     backbone = file_digest(protocol.backbone) if protocol.backbone is not None else None
-    return _digest(_params_identity(p), data_digest(p), backbone, code_fingerprint(*FOLD_CODE))
+    return _digest(_params_identity(fold_p), data_digest(fold_p), backbone, code_fingerprint(*FOLD_CODE))
 
 
-def run_fingerprint(params: Params, protocol: Protocol, run: Run) -> str:
-    """The run's method and params, its fold's fingerprint (its data and backbone) and the code that trains."""
+def run_fingerprint(run_p: Params, protocol: Protocol, run: Run) -> str:
+    """The run's method and params (`run_params`), its fold's fingerprint (its data and backbone) and the
+    code that trains."""
     fold_record = read_done(fold_dir(protocol, run.fold))
     if fold_record is None:
         raise NumclipError(f"{run.label}: fold {fold_name(run.fold)} is not prepared "
                            f"({fold_dir(protocol, run.fold) / DONE} not found); run its fold step first")
-    return _digest(run.method, _params_identity(run_params(params, protocol, run)), fold_record["fingerprint"],
-                   code_fingerprint(*RUN_CODE))
+    return _digest(run.method, _params_identity(run_p), fold_record["fingerprint"], code_fingerprint(*RUN_CODE))
 
 
 def read_done(folder: Path) -> Optional[dict[str, Any]]:
@@ -209,7 +212,7 @@ def prepare_fold(params: Params, protocol: Protocol, fold: Optional[int], log: L
     log(ingest(p.data).summary())
     if protocol.backbone is not None and not Path(protocol.backbone).is_file():
         raise NumclipError(f"backbone file not found: {protocol.backbone}")
-    fingerprint = fold_fingerprint(params, protocol, fold)
+    fingerprint = fold_fingerprint(p, protocol)
     if (record := finished(folder, fingerprint)) is not None and Path(p.pretrain.output).is_file():
         log(f"{fold_name(fold)}: data, params and code unchanged; backbone {p.pretrain.output} kept")
         return record
@@ -226,11 +229,11 @@ def run_step(params: Params, protocol: Protocol, run: Run, log: Log = print) -> 
     from numclip.stages.train import train
 
     folder = run_dir(protocol, run)
-    fingerprint = run_fingerprint(params, protocol, run)
+    p = run_params(params, protocol, run)
+    fingerprint = run_fingerprint(p, protocol, run)
     if (record := finished(folder, fingerprint)) is not None:
         log(f"{run.label}: finished before with the same params, data and code; not run again")
         return record
-    p = run_params(params, protocol, run)
     train(p, run.method, log=log)
     result = evaluate(p, run.method, log=log)
     record = {"fingerprint": fingerprint, "fold": run.fold, "seed": run.seed, "method": run.method,
