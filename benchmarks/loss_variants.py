@@ -44,17 +44,17 @@ def main() -> None:
     columns = [load_params("params.yaml").evaluate.column(name) for name in COLUMNS]
     rows = []
     start = time.time()
-    work = Path(tempfile.mkdtemp(prefix="loss-variants-"))  # models, runs and figures: not kept
-    for seed in args.seeds:
-        for index, (label, method) in enumerate(VARIANTS.items()):
-            name = f"variant{index}"
-            params = load_params("params.yaml", [f"methods.{name}={method}", f"train.seed={seed}"])
-            params = rebased(params, work / f"seed{seed}", ["train", "evaluate"])
-            train(params, name, log=lambda _: None)
-            result = evaluate(params, name, log=lambda _: None)
-            rows.append({"variant": label, "seed": seed,
-                         **{header: result[section][key] for header, section, key in columns}})
-            print(f"seed {seed} {label}: test MAE {result['test']['mae_argmax']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="loss-variants-") as work:  # models, runs and figures: not kept
+        for seed in args.seeds:
+            for index, (label, method) in enumerate(VARIANTS.items()):
+                name = f"variant{index}"
+                params = load_params("params.yaml", [f"methods.{name}={method}", f"train.seed={seed}"])
+                params = rebased(params, Path(work) / f"seed{seed}", ["train", "evaluate"])
+                train(params, name, log=lambda _: None)
+                result = evaluate(params, name, log=lambda _: None)
+                rows.append({"variant": label, "seed": seed,
+                             **{header: result[section][key] for header, section, key in columns}})
+                print(f"seed {seed} {label}: test MAE {result['test']['mae_argmax']:.3f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "loss_variants.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

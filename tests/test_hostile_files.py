@@ -140,7 +140,8 @@ def test_head_files_that_do_not_fit_their_model(saved, tmp_path, capsys):
         save_file(tensors, str(head), metadata={"numclip": text})
         one_line_error(lambda: Predictor(saved / "model.safetensors", head), "h.safetensors", what=what)
     record = json.loads(meta["numclip"])
-    for bad in ("x", [], {"threshold": "0.5"}, {"threshold": True}, {"threshold": float("inf")}, 3):
+    for bad in ("x", [], None, {"alpha": 0.1}, {"threshold": "0.5"}, {"threshold": True}, {"threshold": float("inf")},
+                3):
         save_file(tensors, str(head), metadata={"numclip": json.dumps({**record, "conformal": bad})})
         one_line_error(lambda: Predictor(saved / "model.safetensors", head), "h.safetensors", what=f"conformal={bad}")
     save_file(bad_tensors["another width"], str(head), metadata=meta)

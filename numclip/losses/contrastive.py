@@ -24,11 +24,21 @@ def cross_entropy(logits: Tensor, target: Tensor, class_weights: Tensor | None =
     """Image->text cross-entropy over the K ranks, averaged over the batch.
 
     `class_weights` [K] (None: all 1) weights row i by w[target_i], and the mean stays over the batch:
-    mean_i w[y_i] * CE_i, not torch's sum w CE / sum w (numclip.losses.soft_labels uses the same)."""
+    mean_i w[y_i] * CE_i, not torch's sum w CE / sum w (class_weighted_mean, which the soft labels share)."""
     _check_logits_target(logits, target)
     if class_weights is None:
         return F.cross_entropy(logits, target)
-    return (class_weights.to(logits.dtype)[target] * F.cross_entropy(logits, target, reduction="none")).mean()
+    return class_weighted_mean(F.cross_entropy(logits, target, reduction="none"), target, class_weights)
+
+
+def class_weighted_mean(per_row: Tensor, targets: Tensor, class_weights: Tensor | None) -> Tensor:
+    """mean_i w[y_i] * per_row_i: over the batch, not divided by sum_i w[y_i], so class weights scale a
+    loss term without renormalising it per batch."""
+    if class_weights is None:
+        return per_row.mean()
+    if class_weights.dim() != 1:
+        raise ValueError(f"class_weights must be [C], got shape {tuple(class_weights.shape)}")
+    return (class_weights.to(per_row.dtype)[targets] * per_row).mean()
 
 
 def text_to_image_kl(

@@ -17,21 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from numclip.losses.contrastive import _check_logits_target
+from numclip.losses.contrastive import _check_logits_target, class_weighted_mean
 
 
 def _upcast(logits: Tensor) -> Tensor:
     """float32 at least: bf16/fp16 logits lose the small probabilities soft labels put weight on."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def _class_weighted_mean(per_row: Tensor, targets: Tensor, class_weights: Tensor | None) -> Tensor:
-    """mean_i w[y_i] * per_row_i (over B, not sum_i w[y_i]: see the module docstring)."""
-    if class_weights is None:
-        return per_row.mean()
-    if class_weights.dim() != 1:
-        raise ValueError(f"class_weights must be [C], got shape {tuple(class_weights.shape)}")
-    return (class_weights.to(per_row.dtype)[targets] * per_row).mean()
 
 
 def _log_soft_labels(targets: Tensor, num_classes: int, sigma: float, dtype: torch.dtype) -> Tensor:
@@ -59,7 +50,7 @@ def soft_label_cross_entropy(logits: Tensor, targets: Tensor, sigma: float,
     log_p = torch.log_softmax(_upcast(logits), dim=1)
     q = _log_soft_labels(targets, logits.shape[1], sigma, log_p.dtype).exp()
     per_row = -torch.where(q > 0, q * log_p, torch.zeros_like(log_p)).sum(dim=1)  # 0 log p = 0, even p = 0
-    return _class_weighted_mean(per_row, targets, class_weights)
+    return class_weighted_mean(per_row, targets, class_weights)
 
 
 def label_distribution_loss(logits: Tensor, targets: Tensor, sigma: float, expectation_weight: float) -> Tensor:

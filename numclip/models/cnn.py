@@ -72,15 +72,6 @@ class CNNTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(images))
 
-    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
-        """open_clip's lock_image_tower: freeze the CNN (the projection too, as open_clip locks all)."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if freeze_bn_stats:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-
 
 def load_torchvision_state(tower: CNNTower, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a torchvision-layout state dict of the tower's CNN, strictly, but for a `module.` prefix

@@ -51,14 +51,16 @@ def _conformal_threshold(meta: dict[str, Any], path: str | Path) -> Optional[flo
     if "conformal" not in meta:
         return None
     record = meta["conformal"]
-    value = record.get("threshold") if isinstance(record, dict) else record
-    if value is None and isinstance(record, dict):
+    if not isinstance(record, dict) or "threshold" not in record:
+        got = f"conformal = {one_line(repr(record))[:80]}"
+    elif (value := record["threshold"]) is None:
         return math.inf
-    if not isinstance(record, dict) or isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
-        raise NumclipError(f"{path}: head record key conformal.threshold must be a finite number or null, "
-                           f"got {one_line(repr(value))[:80]} (export the head again with `numclip evaluate`)")
-    return float(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    else:
+        got = one_line(repr(value))[:80]
+    raise NumclipError(f"{path}: head record key conformal.threshold must be a finite number or null, "
+                       f"got {got} (export the head again with `numclip evaluate`)")
 
 
 def save_prototypes(path: str | Path, prototypes: torch.Tensor, logit_scale: float,

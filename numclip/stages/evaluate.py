@@ -132,19 +132,16 @@ def _intervals(cfg: ConformalConfig, probs: dict[str, np.ndarray], targets: dict
                                     cfg.curve_alphas)}
 
 
-SUMMARY = [  # (key, section, metric): one row per method in `dvc metrics show`, within 120 columns
-    ("val_mae", "val", "mae_argmax"),
-    ("test_mae", "test", "mae_argmax"),
-    ("test_accuracy", "test", "accuracy"),
-    ("coverage", "conformal", "coverage"),  # the test split's, of the intervals at evaluate.conformal.alpha
-    ("width", "conformal", "mean_width"),
-]
+# The comparison columns (evaluate.column) of one row per method in `dvc metrics show`, within 120 columns (coverage and
+# width: the test split's, of the intervals at evaluate.conformal.alpha).
+SUMMARY = ("val_mae", "test_mae", "test_accuracy", "coverage", "width")
 
 
 def compare(params: Params, methods: list[str]) -> str:
     """Comparison table of the methods' metrics files: JSON keyed by method and markdown beside it,
     plus one small summary file per method (what `dvc metrics show` lists, a row each)."""
     columns = [params.evaluate.column(name) for name in params.evaluate.columns]
+    summary = {name: params.evaluate.column(name) for name in SUMMARY}
     table: dict[str, dict[str, Any]] = {}
     summary_dir = Path(params.evaluate.summary_dir)
     warned = {}
@@ -158,7 +155,7 @@ def compare(params: Params, methods: list[str]) -> str:
         warned[method] = result.get("warnings", [])
         table[method]["warnings"] = warned[method]
         write_json(summary_dir / f"{method}.json",
-                   {**{k: result.get(section, {}).get(key) for k, section, key in SUMMARY},
+                   {**{name: result.get(section, {}).get(key) for name, (_, section, key) in summary.items()},
                     "warnings": len(warned[method])})
     header = ["method"] + [h for h, _, _ in columns] + ["warnings"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

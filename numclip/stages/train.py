@@ -126,7 +126,7 @@ def _train(params: Params, method: str, log: Callable[[str], None], resume: Resu
         prototypes = inference_prototypes(model, device)  # for the logits and the figure alike
         logits, targets = collect_logits(model, shard, params.evaluate.batch_size, device, prototypes)
         logits, targets = ctx.gather_interleaved(logits), ctx.gather_interleaved(targets)
-        metrics = metrics_from_logits(model, logits, targets)
+        metrics = metrics_from_logits(model, logits, targets, params.evaluate.cs_k)
         for key in VAL_KEYS:
             writer.add_scalar(f"val/{key}", metrics[key], step)
         if ctx.is_main:
