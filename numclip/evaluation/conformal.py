@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from numclip.evaluation.metrics import as_rank_labels, as_rank_probs
+from numclip.evaluation.metrics import as_probs_and_labels, as_rank_labels, as_rank_probs
 
 # (n + 1)(1 - alpha) is rounded in float; an integer that comes out a few ulps above itself (10 * (1 - 0.7)
 # is 3.0000000000000004) must not add one more calibration score. Relative, far below any alpha anyone types.
@@ -47,18 +47,10 @@ def _prefix_sums(p: np.ndarray) -> np.ndarray:
     return c
 
 
-def _probs_and_targets(probs: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = as_rank_probs(probs)
-    y = as_rank_labels("targets", targets, p.shape[1])
-    if y.size != p.shape[0]:
-        raise ValueError(f"lengths differ: targets {y.size}, probs {p.shape[0]}")
-    return p, y
-
-
 def conformal_scores(probs: Any, targets: Any) -> np.ndarray:
     """Calibration scores s(x, y) [N] (float64, >= 0) of labelled images: the largest mass M_w of a chosen
     window W_w that misses y, 0 if none does. O(N K^2) time (a loop over widths), O(N K) memory."""
-    p, y = _probs_and_targets(probs, targets)
+    p, y = as_probs_and_labels(probs, targets, name="targets")
     n, k = p.shape
     c = _prefix_sums(p)
     rows = np.arange(n)
@@ -173,8 +165,8 @@ def coverage_curve(
 ) -> dict[str, list[Any]]:
     """Empirical test coverage and mean width per nominal level, one calibration for all levels (a figure's
     columns). `threshold[i]` is None where it is +inf (too few calibration images: all ranks)."""
-    cal_p, cal_y = _probs_and_targets(cal_probs, cal_targets)
-    test_p, test_y = _probs_and_targets(test_probs, test_targets)
+    cal_p, cal_y = as_probs_and_labels(cal_probs, cal_targets, name="targets")
+    test_p, test_y = as_probs_and_labels(test_probs, test_targets, name="targets")
     if test_p.shape[1] != cal_p.shape[1]:
         raise ValueError(f"calibration has {cal_p.shape[1]} ranks, test has {test_p.shape[1]}")
     if test_y.size == 0:

@@ -133,6 +133,16 @@ def _top_label_bins(y: np.ndarray, p: np.ndarray, num_bins: int) -> tuple[np.nda
     return count, confidence_sum, np.bincount(index, weights=correct, minlength=num_bins)
 
 
+def as_probs_and_labels(probs: Any, target: Any, num_ranks: int | None = None,
+                        name: str = "target") -> tuple[np.ndarray, np.ndarray]:
+    """`as_rank_probs` [N, K] and `as_rank_labels` [N] of the same images (ValueError if N differs)."""
+    p = as_rank_probs(probs, num_ranks)
+    y = as_rank_labels(name, target, p.shape[1])
+    if y.size != p.shape[0]:
+        raise ValueError(f"lengths differ: {name} {y.size}, probs {p.shape[0]}")
+    return p, y
+
+
 def _check_bins(num_bins: int) -> None:
     if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
@@ -146,10 +156,7 @@ def calibration_bins(target: Any, probs: Any, num_bins: int = 15) -> dict[str, A
     mean |accuracy - confidence| of these bins.
     """
     _check_bins(num_bins)
-    p = as_rank_probs(probs)
-    y = as_rank_labels("target", target, p.shape[1])
-    if y.size != p.shape[0]:
-        raise ValueError(f"lengths differ: target {y.size}, probs {p.shape[0]}")
+    p, y = as_probs_and_labels(probs, target)
     count, conf_sum, correct_sum = _top_label_bins(y, p, num_bins)
     return {
         "edges": np.linspace(0.0, 1.0, num_bins + 1).tolist(),
@@ -205,10 +212,7 @@ def distribution_metrics(
     ks = list(cs_ks)
     if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 for k in ks):
         raise ValueError(f"cs_ks must be non-negative integers, got {ks!r}")
-    p = as_rank_probs(probs, num_ranks)
-    y = as_rank_labels("target", target, num_ranks)
-    if y.size != p.shape[0]:
-        raise ValueError(f"lengths differ: target {y.size}, probs {p.shape[0]}")
+    p, y = as_probs_and_labels(probs, target, num_ranks)
     if y.size == 0:
         raise ValueError("no samples to evaluate")
 
