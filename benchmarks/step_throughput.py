@@ -282,8 +282,16 @@ def measure(specs: list[Spec], arch: str, batch: int, ranks: int, warmup: int, s
     base = rows[0]
     for row in rows:
         row["speed_vs_plain"] = row["images_per_s"] / base["images_per_s"]
-        row["memory_vs_plain"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else float("nan")
+        row["memory_vs_plain"] = _ratio(row["peak_mib"], base["peak_mib"])
     return rows
+
+
+def _ratio(value: float, base: float) -> float:
+    """value / base; a step that needed no new memory (0 MiB, which the CPU's peak RSS can read) is 1x
+    another such step, and undefined against any other."""
+    if base > 0:
+        return value / base
+    return 1.0 if value == base else float("nan")
 
 
 def machine() -> str:
